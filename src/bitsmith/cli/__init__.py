@@ -1,0 +1,1 @@
+"""The ``bitsmith`` command line: thin sub-commands that parse, call the API and print."""

@@ -1,0 +1,143 @@
+"""``bitsmith train | eval | models | datasets | demo``: the foundation commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from bitsmith import _config, data, zoo
+from bitsmith.cli._common import check_writable_out, console, percent
+from bitsmith.engine import TrainConfig, TrainResult, distributed, train
+from bitsmith.errors import BitsmithError
+from bitsmith.report import write_report
+
+
+def _check_names(model: str, dataset: str) -> None:
+    if model not in zoo.list_models():
+        raise BitsmithError(f"unknown model {model!r}; available: {', '.join(zoo.list_models())}")
+    if dataset not in data.list_datasets():
+        raise BitsmithError(f"unknown dataset {dataset!r}; available: {', '.join(data.list_datasets())}")
+
+
+def run_training(cfg: TrainConfig, out: Path, quiet: bool, resume: bool = False) -> TrainResult:
+    """Train (or resume) a run, write its report, print the result."""
+    if not resume:
+        check_writable_out(out)
+    result = train(cfg, out, quiet=quiet, resume=resume)
+    if distributed.is_main():
+        write_report(out)
+        m = result.metrics
+        console.print(f"test accuracy {percent(m['test_acc'])}  (train loss {m['train_loss']:.4f}, "
+                      f"{m['epoch']} epochs)  run directory: {out}")
+    distributed.shutdown()
+    return result
+
+
+def train_cmd(
+    model: str = typer.Option("lenet5", help="zoo model (see `bitsmith models`)"),
+    dataset: str = typer.Option("digits", help="dataset (see `bitsmith datasets`)"),
+    data_root: Path | None = typer.Option(None, help="folder holding the dataset's files (not needed for digits)"),
+    epochs: int = typer.Option(30, help="training epochs"),
+    batch_size: int = typer.Option(64, help="global batch size (split across processes under torchrun)"),
+    lr: float = typer.Option(1e-3, help="learning rate"),
+    optimizer: str = typer.Option("adam", help="adam | adamw | sgd"),
+    scheduler: str = typer.Option("none", help="none | cosine | step"),
+    weight_decay: float = typer.Option(0.0, help="weight decay"),
+    label_smoothing: float = typer.Option(0.0, help="label smoothing in [0, 1)"),
+    grad_clip: float | None = typer.Option(None, help="clip the gradient norm to this value"),
+    image_size: int | None = typer.Option(None, help="resize images to this square size (digits default: 16)"),
+    val: bool = typer.Option(False, "--val/--no-val", help="carve a validation split from the training set"),
+    seed: int = typer.Option(0, help="random seed"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    threads: int | None = typer.Option(None, help="torch CPU threads"),
+    out: Path | None = typer.Option(None, help="run directory to write (default runs/<model>-<dataset>-s<seed>)"),
+    resume: Path | None = typer.Option(None, help="continue the interrupted run in this directory"),
+    config: Path | None = typer.Option(None, help="re-run from a run's config.json (other options ignored)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Train a zoo model from scratch (FP32) and write a run directory."""
+    if resume is not None:
+        from bitsmith.runs import train_config
+
+        cfg = train_config(resume)
+        run_training(cfg, resume, quiet, resume=True)
+        return
+    if config is not None:
+        cfg = _config.from_dict(TrainConfig, _load_run_config(config)["train"], where=str(config))
+    else:
+        cfg = TrainConfig(model=model, dataset=dataset, data_root=str(data_root) if data_root else None, epochs=epochs,
+                          batch_size=batch_size, lr=lr, optimizer=optimizer, scheduler=scheduler,
+                          weight_decay=weight_decay, label_smoothing=label_smoothing, grad_clip=grad_clip,
+                          image_size=image_size, val=val, seed=seed, device=device, num_threads=threads)
+    _check_names(cfg.model, cfg.dataset)
+    out = out or Path("runs") / f"{cfg.model}-{cfg.dataset}-s{cfg.seed}"
+    run_training(cfg, out, quiet)
+
+
+def _load_run_config(path: Path) -> dict:
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BitsmithError(f"--config {path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BitsmithError(f"--config {path}: not valid JSON ({exc})") from None
+    if not isinstance(cfg, dict) or "train" not in cfg:
+        raise BitsmithError(f"--config {path}: not a bitsmith run config (needs a 'train' section)")
+    return cfg
+
+
+def eval_cmd(
+    run_dir: Path = typer.Argument(..., help="a run directory"),
+    split: str = typer.Option("test", help="train | val | test"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON only"),
+) -> None:
+    """Evaluate a run's trained model on a split of its dataset."""
+    from bitsmith.runs import evaluate_run
+
+    scores = evaluate_run(run_dir, split)
+    if as_json:
+        print(json.dumps({"run_dir": str(run_dir), "split": split, **scores}))
+    else:
+        console.print(f"{split} accuracy {percent(scores['acc'])}  loss {scores['loss']:.4f}  ({run_dir})")
+
+
+def models_cmd() -> None:
+    """List the models of the zoo."""
+    for name in zoo.list_models():
+        console.print(zoo.describe(name))
+
+
+def datasets_cmd() -> None:
+    """List the datasets bitsmith can read."""
+    for name in data.list_datasets():
+        console.print(f"{name}: {data.describe(name)}")
+
+
+def demo_cmd(
+    out: Path = typer.Option(Path("runs/demo"), help="folder for the demo's runs"),
+    epochs: int = typer.Option(30, help="training epochs"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """The README's main job: train LeNet-5 on the embedded digits and report test accuracy."""
+    cfg = TrainConfig(model="lenet5", dataset="digits", epochs=epochs)
+    run_dir = out / "lenet5-fp32"
+    if (run_dir / "checkpoint.safetensors").exists():
+        console.print(f"{run_dir} already holds a run; re-using it (delete the folder to retrain)")
+        from bitsmith.runs import evaluate_run
+
+        console.print(f"test accuracy {percent(evaluate_run(run_dir)['acc'])}  run directory: {run_dir}")
+        return
+    console.print(f"Training LeNet-5 (FP32) on the embedded digits for {epochs} epochs (Adam lr 1e-3, batch 64)")
+    run_training(cfg, run_dir, quiet)
+    console.print(f"report: {run_dir / 'report.md'}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the foundation commands to the CLI."""
+    app.command("train")(train_cmd)
+    app.command("eval")(eval_cmd)
+    app.command("models")(models_cmd)
+    app.command("datasets")(datasets_cmd)
+    app.command("demo")(demo_cmd)

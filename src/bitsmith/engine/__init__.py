@@ -1,0 +1,26 @@
+"""Training and evaluation: the one Trainer, its callbacks, checkpoints, resume, seeding and DDP support."""
+
+from bitsmith.engine.callbacks import Callback
+from bitsmith.engine.checkpoint import load_checkpoint, save_checkpoint
+from bitsmith.engine.config import TrainConfig
+from bitsmith.engine.run import TrainResult, build_datasets, build_model, train
+from bitsmith.engine.trainer import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    NonFiniteLossError,
+    Trainer,
+    evaluate_model,
+    final_metrics,
+    is_run_dir,
+    require_run_dir,
+)
+
+evaluate = evaluate_model
+
+__all__ = [
+    "CHECKPOINT_FILE", "CONFIG_FILE", "METRICS_FILE", "Callback", "NonFiniteLossError", "TrainConfig", "TrainResult",
+    "Trainer",
+    "build_datasets", "build_model", "evaluate", "evaluate_model", "final_metrics", "is_run_dir", "load_checkpoint",
+    "require_run_dir", "save_checkpoint", "train",
+]

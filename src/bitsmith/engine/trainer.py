@@ -1,0 +1,335 @@
+"""The one training loop of bitsmith: every method trains through this Trainer and extends it with callbacks."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset, DistributedSampler
+
+from bitsmith import _config, _io
+from bitsmith.engine import distributed as dist
+from bitsmith.engine.callbacks import Callback
+from bitsmith.engine.checkpoint import load_checkpoint, save_checkpoint
+from bitsmith.engine.config import TrainConfig
+from bitsmith.engine.progress import EpochProgress
+from bitsmith.engine.seeding import rng_state, seed_everything, set_rng_state
+from bitsmith.errors import BitsmithError, CheckpointError
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+
+
+class NonFiniteLossError(BitsmithError):
+    """The loss became NaN or infinite; the last checkpoint on disk is the last good state."""
+
+
+def dataset_tensors(data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images and labels of a dataset as two tensors (fast path for in-memory datasets)."""
+    if hasattr(data, "tensors") and callable(data.tensors):
+        x, y = data.tensors()
+        return x, y
+    xs, ys = zip(*(data[i] for i in range(len(data))), strict=True)
+    return torch.stack([torch.as_tensor(x) for x in xs]), torch.as_tensor(ys, dtype=torch.long)
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, data: Dataset | tuple[torch.Tensor, torch.Tensor], batch_size: int = 512,
+                   device: torch.device | str | None = None) -> dict[str, float]:
+    """Mean cross-entropy loss and top-1 accuracy of ``model`` on ``data`` (model left in its original mode)."""
+    x_all, y_all = data if isinstance(data, tuple) else dataset_tensors(data)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(y_all), batch_size):
+        x = x_all[i:i + batch_size].to(device)
+        y = y_all[i:i + batch_size].to(device)
+        out = model(x)
+        loss_sum += F.cross_entropy(out, y, reduction="sum").item()
+        correct += (out.argmax(1) == y).sum().item()
+    model.train(was_training)
+    n = max(len(y_all), 1)
+    return {"loss": loss_sum / n, "acc": correct / n}
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """True if ``path`` holds a bitsmith run (a config and a checkpoint)."""
+    p = Path(path)
+    return (p / CONFIG_FILE).is_file() and (p / CHECKPOINT_FILE).is_file()
+
+
+def require_run_dir(path: str | Path) -> Path:
+    """``path`` as a Path if it is a run directory, else a one-line CheckpointError saying what is missing."""
+    p = Path(path)
+    if not p.is_dir():
+        raise CheckpointError(f"{p}: no such run directory")
+    missing = [f for f in (CONFIG_FILE, CHECKPOINT_FILE) if not (p / f).is_file()]
+    if missing:
+        raise CheckpointError(f"{p} is not a bitsmith run directory (missing {', '.join(missing)})")
+    return p
+
+
+class Trainer:
+    """Trains ``model`` on ``train_data`` with ``config``; evaluates each epoch; checkpoints; resumes exactly.
+
+    ``eval_data`` maps split names (e.g. ``"val"``, ``"test"``) to datasets evaluated after every epoch.
+    With ``out_dir`` set, the run directory gets ``config.json``, ``metrics.jsonl`` and ``checkpoint.safetensors``,
+    written by rank 0 only and always atomically.
+    """
+
+    def __init__(self, model: nn.Module, config: TrainConfig, train_data: Dataset,
+                 eval_data: Mapping[str, Dataset] | None = None, out_dir: str | Path | None = None,
+                 callbacks: Sequence[Callback] = (), run_config: Mapping[str, Any] | None = None,
+                 quiet: bool = False) -> None:
+        self.config = config
+        self.model = model
+        self.train_data = train_data
+        self.eval_data = dict(eval_data or {})
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.callbacks = list(callbacks)
+        self.run_config = dict(run_config) if run_config is not None else {
+            "command": "train", "train": _config.to_dict(config)}
+        self.quiet = quiet
+        self.device = dist.local_device(config.device)
+        self.epoch = 0
+        self.global_step = 0
+        self.history: list[dict[str, Any]] = []
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.ddp_model: nn.Module | None = None
+
+    # -- construction ---------------------------------------------------------------------------------------
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.config
+        groups: list[dict[str, Any]] = []
+        claimed: set[int] = set()
+        for cb in self.callbacks:
+            for group in cb.param_groups(self.model) or []:
+                params = [p for p in group["params"] if p.requires_grad]
+                claimed.update(id(p) for p in params)
+                groups.append({**group, "params": params})
+        default = [p for p in self.model.parameters() if p.requires_grad and id(p) not in claimed]
+        groups.insert(0, {"params": default})
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "adamw":
+            return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def _build_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
+        cfg = self.config
+        if cfg.scheduler == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+        if cfg.scheduler == "step":
+            return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+        return None
+
+    # -- checkpointing --------------------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything needed to continue this run bit-for-bit."""
+        assert self.optimizer is not None
+        rng_tensors, rng_meta = rng_state()
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "rng": rng_tensors,
+            "rng_meta": rng_meta,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "history": self.history,
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "train_config": _config.to_dict(self.config),
+        }
+
+    def _save(self) -> None:
+        if self.out_dir is not None and dist.is_main():
+            save_checkpoint(self.out_dir / CHECKPOINT_FILE, self.checkpoint_state())
+            _io.write_text(self.out_dir / METRICS_FILE, "".join(_jsonl(r) for r in self.history))
+
+    def _restore(self) -> int:
+        """Load the run's checkpoint; returns the first epoch still to train."""
+        assert self.out_dir is not None and self.optimizer is not None
+        require_run_dir(self.out_dir)
+        state = load_checkpoint(self.out_dir / CHECKPOINT_FILE, map_location="cpu")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None and state.get("scheduler") is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            for cb, cb_state in zip(self.callbacks, state.get("callbacks", []), strict=False):
+                cb.load_state_dict(cb_state)
+            set_rng_state(state["rng"], state["rng_meta"])
+            self.history = list(state.get("history", []))
+            self.global_step = int(state["global_step"])
+            epoch = int(state["epoch"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CheckpointError(f"{self.out_dir / CHECKPOINT_FILE}: cannot resume from it ({msg})") from None
+        return epoch + 1
+
+    def _prepare_out_dir(self, resume: bool) -> None:
+        if self.out_dir is None or not dist.is_main():
+            return
+        if not resume and (self.out_dir / CHECKPOINT_FILE).exists():
+            raise BitsmithError(f"{self.out_dir} already holds a run; resume it or choose another output folder")
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            for stale in self.out_dir.glob(".*.tmp"):
+                stale.unlink()
+            if not resume:
+                _io.write_json(self.out_dir / CONFIG_FILE, self.run_config)
+                _io.write_text(self.out_dir / METRICS_FILE, "")
+        except OSError as exc:
+            raise BitsmithError(f"cannot write to output folder {self.out_dir} ({exc.strerror})") from None
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train for ``config.epochs`` epochs (continuing from the checkpoint if ``resume``); returns final metrics."""
+        cfg = self.config
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        distributed = dist.init(self.device)
+        if not resume:
+            seed_everything(cfg.seed)
+        self.model.to(self.device)
+        self.optimizer = self._build_optimizer()
+        self.scheduler = self._build_scheduler(self.optimizer)
+        self._prepare_out_dir(resume)
+        start_epoch = self._restore() if resume else 0
+        if resume:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.ddp_model = self.model
+        if distributed:
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+        x_all, y_all = dataset_tensors(self.train_data)
+        world, rank = dist.world_size(), dist.rank()
+        sampler = DistributedSampler(range(len(y_all)), num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+        per_rank_batch = max(1, cfg.batch_size // world)
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+
+        with EpochProgress(quiet=self.quiet or not dist.is_main()) as bar:
+            for epoch in range(start_epoch, cfg.epochs):
+                self.epoch = epoch
+                sampler.set_epoch(epoch)
+                indices = torch.tensor(list(sampler), dtype=torch.long)
+                batches = [indices[i:i + per_rank_batch] for i in range(0, len(indices), per_rank_batch)]
+                record = self._train_epoch(epoch, x_all, y_all, batches, bar)
+                evals = []
+                merged = dict(record)
+                for name, data in self.eval_data.items():
+                    scores = evaluate_model(self.model, data, cfg.eval_batch_size, self.device)
+                    evals.append({"type": "eval", "epoch": epoch + 1, "split": name, **scores})
+                    merged.update({f"{name}_{key}": value for key, value in scores.items()})
+                eval_keys = set(merged) - set(record)
+                for cb in self.callbacks:
+                    cb.after_epoch(self, epoch, merged)
+                record.update({k: v for k, v in merged.items() if k not in eval_keys})
+                self.history.extend([record, *evals])
+                bar.end_epoch(_summary(merged))
+                self._save()
+                dist.barrier()
+
+        result = final_metrics(self.history)
+        result["epochs"] = cfg.epochs
+        for cb in self.callbacks:
+            cb.on_fit_end(self, result)
+        return result
+
+    def _train_epoch(self, epoch: int, x_all: torch.Tensor, y_all: torch.Tensor,
+                     batches: list[torch.Tensor], bar: EpochProgress) -> dict[str, Any]:
+        cfg = self.config
+        assert self.optimizer is not None and self.ddp_model is not None
+        model = self.ddp_model
+        model.train()
+        for cb in self.callbacks:
+            cb.on_epoch_start(self, epoch)
+        bar.start_epoch(f"epoch {epoch + 1}/{cfg.epochs}", len(batches))
+        loss_sum, correct, seen = 0.0, 0, 0
+        step_times: list[float] = []
+        t_epoch = time.perf_counter()
+        for idx in batches:
+            x = x_all[idx].to(self.device, non_blocking=True)
+            y = y_all[idx].to(self.device, non_blocking=True)
+            for cb in self.callbacks:
+                cb.before_step(self, x, y)
+            t0 = time.perf_counter()
+            self.optimizer.zero_grad(set_to_none=True)
+            out = model(x)
+            loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+            for cb in self.callbacks:
+                extra = cb.extra_loss(self, out, y)
+                if extra is not None:
+                    loss = loss + extra
+            loss.backward()
+            for cb in self.callbacks:
+                cb.after_backward(self)
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            step_times.append(time.perf_counter() - t0)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise NonFiniteLossError(
+                    f"loss became {loss_value} at epoch {epoch + 1}, step {self.global_step}; "
+                    "the last checkpoint in the run directory is the last good state (try a lower learning rate)")
+            loss_sum += loss_value * len(idx)
+            correct += (out.detach().argmax(1) == y).sum().item()
+            seen += len(idx)
+            for cb in self.callbacks:
+                cb.after_step(self, self.global_step, loss_value)
+            self.global_step += 1
+            bar.advance(f"loss {loss_sum / max(seen, 1):.4f}")
+        if self.scheduler is not None:
+            self.scheduler.step()
+        loss_sum, correct, seen = dist.all_reduce_sum([loss_sum, float(correct), float(seen)], self.device)
+        return {
+            "type": "epoch",
+            "epoch": epoch + 1,
+            "step": self.global_step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_loss": loss_sum / max(seen, 1),
+            "train_acc": correct / max(seen, 1),
+            "epoch_time_s": time.perf_counter() - t_epoch,
+            "step_ms_median": 1000 * statistics.median(step_times) if step_times else None,
+        }
+
+
+def final_metrics(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The last epoch record merged with that epoch's evaluations as ``<split>_<metric>`` keys."""
+    epochs = [r for r in history if r.get("type") == "epoch"]
+    if not epochs:
+        return {}
+    last = dict(epochs[-1])
+    for r in history:
+        if r.get("type") == "eval" and r.get("epoch") == last["epoch"]:
+            last.update({f"{r['split']}_{k}": v for k, v in r.items() if k not in ("type", "epoch", "split")})
+    return last
+
+
+def _jsonl(record: Mapping[str, Any]) -> str:
+    import json
+
+    return json.dumps(dict(record)) + "\n"
+
+
+def _summary(record: Mapping[str, Any]) -> str:
+    parts = [f"loss {record['train_loss']:.4f}"]
+    for key in ("val_acc", "test_acc"):
+        if key in record:
+            parts.append(f"{key.split('_')[0]} acc {100 * record[key]:.2f}%")
+    return "  ".join(parts)

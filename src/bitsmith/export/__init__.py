@@ -1,0 +1,1 @@
+"""bitsmith.export (see DESIGN.md); filled by later issues."""

@@ -1,0 +1,1 @@
+"""bitsmith.methods (see DESIGN.md); filled by later issues."""

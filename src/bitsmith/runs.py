@@ -1,0 +1,110 @@
+"""Run directories as a user sees them: read a run's config and metrics, rebuild its trained model, evaluate it.
+
+A run's ``config.json`` holds ``train`` (a TrainConfig) and, for transformed models, ``model_transforms``: an
+ordered list of ``{"name": ..., "config": {...}}`` steps (e.g. quantization) that turn the zoo model into the
+trained one. The table below maps each step name to the function that replays it; it is the only place that
+knows every layer, which is why it sits at the top of the package beside the CLI.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from bitsmith import _config
+from bitsmith.engine import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    TrainConfig,
+    build_datasets,
+    build_model,
+    evaluate_model,
+    load_checkpoint,
+    require_run_dir,
+)
+from bitsmith.errors import CheckpointError
+
+# transform name -> "module:function" taking (model, config dict, input_shape) and returning the transformed model
+TRANSFORMS: dict[str, str] = {
+    "quantize": "bitsmith.quant:apply_transform",
+}
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    """The run's ``config.json`` as a dict (a clear error if the folder is not a run or the file is corrupt)."""
+    path = require_run_dir(run_dir) / CONFIG_FILE
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(cfg, dict) or "train" not in cfg:
+        raise CheckpointError(f"{path}: not a bitsmith run config (no 'train' section)")
+    return cfg
+
+
+def train_config(run_dir: str | Path) -> TrainConfig:
+    """The TrainConfig a run was trained with."""
+    return _config.from_dict(TrainConfig, read_config(run_dir)["train"], where=f"{run_dir}/{CONFIG_FILE}")
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """All records of the run's ``metrics.jsonl``."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise CheckpointError(f"{path}:{i}: not a JSON line") from None
+    return records
+
+
+def _transform(name: str) -> Callable[..., nn.Module]:
+    if name not in TRANSFORMS:
+        raise CheckpointError(f"unknown model transform {name!r} in run config; known: {', '.join(sorted(TRANSFORMS))}")
+    module, func = TRANSFORMS[name].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def build_run_model(run_dir: str | Path) -> tuple[nn.Module, TrainConfig, Any]:
+    """The untrained model of a run (zoo model plus its recorded transforms), its TrainConfig and training data."""
+    cfg_dict = read_config(run_dir)
+    cfg = train_config(run_dir)
+    train_ds, _ = build_datasets(cfg)
+    model = build_model(cfg, train_ds)
+    input_shape = (train_ds.in_channels, *train_ds.image_size)
+    for step in cfg_dict.get("model_transforms", []):
+        model = _transform(step["name"])(model, step.get("config", {}), input_shape)
+    return model, cfg, train_ds
+
+
+def load_model(run_dir: str | Path) -> nn.Module:
+    """The trained model of a run, rebuilt from its config and loaded from its checkpoint (data only, no code)."""
+    model, _, _ = build_run_model(run_dir)
+    state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE)
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{run_dir}: checkpoint does not match the run's model ({first})") from None
+    return model.eval()
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, float]:
+    """Loss and accuracy of a run's trained model on one split of its dataset."""
+    from bitsmith import data
+
+    model = load_model(run_dir)
+    cfg = train_config(run_dir)
+    ds = data.get(cfg.dataset, cfg.data_root, split, image_size=cfg.image_size, normalize=cfg.normalize,
+                  val=cfg.val or split == "val")
+    return evaluate_model(model, ds, cfg.eval_batch_size, "cpu")

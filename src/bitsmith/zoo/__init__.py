@@ -1,0 +1,12 @@
+"""Model zoo: CNN builders behind a name registry (LeNet-5, VGG-Small, ResNet-20/18, MobileNetV2).
+
+``create_model(name, num_classes, in_channels, image_size, **options)`` builds one; every model uses only
+standard torch layers, traces with ``torch.fx`` and carries ``bitsmith_spec`` to be rebuilt from JSON.
+"""
+
+from __future__ import annotations
+
+from bitsmith.zoo import lenet, mobilenet, resnet, vgg  # noqa: F401  (each module registers its builders)
+from bitsmith.zoo._registry import create_model, describe, list_models, register_model
+
+__all__ = ["create_model", "describe", "list_models", "register_model"]
