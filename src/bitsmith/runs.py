@@ -8,7 +8,6 @@ knows every layer, which is why it sits at the top of the package beside the CLI
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -30,9 +29,16 @@ from bitsmith.engine import (
 )
 from bitsmith.errors import CheckpointError
 
-# transform name -> "module:function" taking (model, config dict, input_shape) and returning the transformed model
-TRANSFORMS: dict[str, str] = {
-    "quantize": "bitsmith.quant:apply_transform",
+
+def _quantize_transform(model: nn.Module, config: dict[str, Any], input_shape: tuple[int, ...]) -> nn.Module:
+    from bitsmith.quant import QConfig, quantize
+
+    return quantize(model, _config.from_dict(QConfig, config), example_input_shape=input_shape)
+
+
+# transform name -> function (model, config dict, input shape) -> transformed model
+TRANSFORMS: dict[str, Callable[[nn.Module, dict[str, Any], tuple[int, ...]], nn.Module]] = {
+    "quantize": _quantize_transform,
 }
 
 
@@ -71,8 +77,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 def _transform(name: str) -> Callable[..., nn.Module]:
     if name not in TRANSFORMS:
         raise CheckpointError(f"unknown model transform {name!r} in run config; known: {', '.join(sorted(TRANSFORMS))}")
-    module, func = TRANSFORMS[name].split(":")
-    return getattr(importlib.import_module(module), func)
+    return TRANSFORMS[name]
 
 
 def build_run_model(run_dir: str | Path) -> tuple[nn.Module, TrainConfig, Any]:

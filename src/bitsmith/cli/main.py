@@ -22,6 +22,7 @@ app = typer.Typer(
 # Each module defines ``register(app)`` and adds its own sub-commands.
 _COMMAND_MODULES = (
     "bitsmith.cli.train",
+    "bitsmith.cli.cost",
 )
 
 for _name in _COMMAND_MODULES:

@@ -11,11 +11,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from bitsmith import _config, data, zoo
+from bitsmith import _config, _io, data, zoo
 from bitsmith.engine.callbacks import Callback
+from bitsmith.engine.checkpoint import save_checkpoint
 from bitsmith.engine.config import TrainConfig
 from bitsmith.engine.seeding import seed_everything
-from bitsmith.engine.trainer import Trainer
+from bitsmith.engine.trainer import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, Trainer, jsonl_line
 
 
 @dataclass
@@ -70,3 +71,17 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, model: nn.Modu
     metrics = trainer.fit(resume=resume)
     return TrainResult(metrics=metrics, model=trainer.model, run_dir=Path(out_dir) if out_dir is not None else None,
                        history=trainer.history)
+
+
+def save_run(out_dir: str | Path, model: nn.Module, run_config: Mapping[str, Any],
+             history: Sequence[Mapping[str, Any]]) -> Path:
+    """Write a run directory for a model that was not trained here (e.g. post-training quantization).
+
+    The checkpoint holds the model state only; such a run can be evaluated, reported and exported, not resumed.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _io.write_json(out / CONFIG_FILE, dict(run_config))
+    _io.write_text(out / METRICS_FILE, "".join(jsonl_line(r) for r in history))
+    save_checkpoint(out / CHECKPOINT_FILE, {"model": model.state_dict(), "epoch": -1, "history": list(history)})
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
@@ -154,7 +155,7 @@ class Trainer:
     def _save(self) -> None:
         if self.out_dir is not None and dist.is_main():
             save_checkpoint(self.out_dir / CHECKPOINT_FILE, self.checkpoint_state())
-            _io.write_text(self.out_dir / METRICS_FILE, "".join(_jsonl(r) for r in self.history))
+            _io.write_text(self.out_dir / METRICS_FILE, "".join(jsonl_line(r) for r in self.history))
 
     def _restore(self) -> int:
         """Load the run's checkpoint; returns the first epoch still to train."""
@@ -321,9 +322,8 @@ def final_metrics(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return last
 
 
-def _jsonl(record: Mapping[str, Any]) -> str:
-    import json
-
+def jsonl_line(record: Mapping[str, Any]) -> str:
+    """One metrics record as a JSON line."""
     return json.dumps(dict(record)) + "\n"
 
 

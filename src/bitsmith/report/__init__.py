@@ -1,5 +1,5 @@
 """Reports from run directories: Markdown summaries and plots (matplotlib, Agg backend)."""
 
-from bitsmith.report.run_report import plot_learning_curves, write_report
+from bitsmith.report.run_report import cost_markdown, plot_learning_curves, write_report
 
-__all__ = ["plot_learning_curves", "write_report"]
+__all__ = ["cost_markdown", "plot_learning_curves", "write_report"]

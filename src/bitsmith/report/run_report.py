@@ -92,3 +92,15 @@ def write_report(run_dir: str | Path, sections: Sequence[tuple[str, str]] = ()) 
         lines.append("")
     lines += ["## Configuration", "", "```json", json.dumps(config, indent=2), "```", ""]
     return _io.write_text(run_dir / REPORT_FILE, "\n".join(lines))
+
+
+def cost_markdown(report: Any) -> str:
+    """A ``bitsmith.cost.CostReport`` as a Markdown table (one row per layer, then the totals)."""
+    rows = ["| layer | kind | out (kept) | w bits | a bits | MACs | BOPs | params | weights KiB |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for c in report.layers:
+        rows.append(f"| {c.name} | {c.kind} | {c.out_channels} ({c.out_channels_kept}) | {c.weight_bits:g} | "
+                    f"{c.act_bits} | {c.macs:,} | {c.bops:,} | {c.params:,} | {c.weight_memory_bits / 8192:.2f} |")
+    rows.append(f"| **total** | | | | | {report.total_macs:,} | {report.total_bops:,} | {report.total_params:,} | "
+                f"{report.size_kib:.2f} |")
+    return "\n".join(rows) + f"\n\n{report.summary()}"

@@ -1,0 +1,46 @@
+"""Shared helpers of the benchmark scripts: statistics over seeds and writing a section of docs/BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import re
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from bitsmith import _io
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS_MD = ROOT / "docs" / "BENCHMARKS.md"
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    values = list(values)
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def pm(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
+    """'mean ± std' of ``values`` times ``scale``."""
+    m, s = mean_std(values)
+    return f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
+
+
+def environment() -> str:
+    """One line naming the date, library versions and machine a figure was measured with."""
+    today = datetime.date.today().isoformat()
+    return (f"{today}; torch {torch.__version__}, python {platform.python_version()}, "
+            f"{torch.get_num_threads()} threads, {platform.machine()} CPU")
+
+
+def update_section(name: str, markdown: str, path: Path = BENCHMARKS_MD) -> Path:
+    """Replace (or append) the block between ``<!-- begin NAME -->`` and ``<!-- end NAME -->`` in BENCHMARKS.md."""
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{markdown.rstrip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    return _io.write_text(path, text)

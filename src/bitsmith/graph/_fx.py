@@ -1,0 +1,85 @@
+"""Graph building by torch.fx symbolic tracing (leaf rule from ``_kinds``) plus ShapeProp shape propagation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+
+from bitsmith.errors import UnsupportedLayerError
+from bitsmith.graph._graph import Node
+from bitsmith.graph._kinds import function_attrs, function_kind, is_leaf, module_attrs, module_kind, op_name
+
+
+class _LeafTracer(fx.Tracer):
+    """fx tracer that keeps known layers, their subclasses and ``bitsmith_leaf`` modules whole."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return is_leaf(m, module_qualified_name)
+
+
+def symbolic_trace(model: nn.Module) -> fx.GraphModule:
+    """Trace ``model`` into a GraphModule that shares its submodules (raises on data-dependent control flow)."""
+    tracer = _LeafTracer()
+    graph = tracer.trace(model)
+    return fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
+
+
+def _fx_inputs(args: Any, kwargs: Any) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg((args, kwargs), found.append)
+    return found
+
+
+def _shape(fxn: fx.Node) -> tuple[int, ...] | None:
+    meta = fxn.meta.get("tensor_meta")
+    return tuple(meta.shape) if isinstance(meta, TensorMetadata) else None
+
+
+def params_of(module: nn.Module, module_name: str) -> dict[str, str]:
+    """Local parameter name -> full name in the model's ``named_parameters()``."""
+    prefix = f"{module_name}." if module_name else ""
+    return {local: prefix + local for local, _ in module.named_parameters()}
+
+
+def fx_nodes(gm: fx.GraphModule, x: torch.Tensor) -> list[Node]:
+    """Propagate shapes through ``gm`` with input ``x`` and convert its fx graph into bitsmith nodes."""
+    ShapeProp(gm).propagate(x)
+    nodes: list[Node] = []
+    index: dict[fx.Node, int] = {}
+
+    def add(fxn: fx.Node, name: str, kind: str, inputs: list[int], shape: tuple[int, ...], **extra: Any) -> None:
+        index[fxn] = len(nodes)
+        nodes.append(Node(index=len(nodes), name=name, kind=kind, inputs=inputs,
+                          in_shapes=[nodes[i].out_shape for i in inputs], out_shape=shape,
+                          module_name=extra.get("module_name"), module_type=extra.get("module_type"),
+                          params=extra.get("params", {}), attrs=extra.get("attrs", {})))
+
+    for fxn in gm.graph.nodes:
+        producers = list(dict.fromkeys(index[a] for a in _fx_inputs(fxn.args, fxn.kwargs) if a in index))
+        shape = _shape(fxn)
+        if fxn.op == "placeholder":
+            if not nodes:
+                add(fxn, "input", "input", [], shape or tuple(x.shape))
+        elif fxn.op == "call_module":
+            module = gm.get_submodule(fxn.target)
+            if shape is None:
+                raise UnsupportedLayerError(
+                    f"unsupported layer '{fxn.target}' of type {type(module).__name__}: it does not return one tensor"
+                )
+            kind = module_kind(module) or "custom"
+            add(fxn, fxn.name, kind, producers, shape, module_name=str(fxn.target),
+                module_type=type(module).__name__, params=params_of(module, str(fxn.target)),
+                attrs=module_attrs(module, kind))
+        elif fxn.op in ("call_function", "call_method"):
+            if shape is None or not producers:
+                continue
+            name = op_name(fxn.target)
+            kind = function_kind(name, f"'{fxn.name}' of {type(gm).__name__}.forward")
+            add(fxn, fxn.name, kind, producers, shape, attrs=function_attrs(name, kind, fxn.args, fxn.kwargs))
+        elif fxn.op == "output":
+            out_shapes = [nodes[i].out_shape for i in producers]
+            add(fxn, "output", "output", producers, out_shapes[0] if out_shapes else ())
+    return nodes
