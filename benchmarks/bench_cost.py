@@ -1,7 +1,7 @@
 """Time ``trace`` + ``model_cost`` of a zoo model on CPU (median of 5 after one warm-up) and print a Markdown row.
 
-    python benchmarks/bench_cost.py                 # resnet18 at 3x32x32, the published figure (target < 1 s)
-    python benchmarks/bench_cost.py --model resnet20
+    python -m benchmarks.bench_cost                 # resnet18 at 3x32x32, the published figure (target < 1 s)
+    python -m benchmarks.bench_cost --model resnet20
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from benchmarks._common import update_section
 from bitsmith.cost import model_cost
 from bitsmith.graph import trace
 from bitsmith.zoo import create_model
@@ -37,16 +38,27 @@ def main() -> None:
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--input", default="3x32x32", help="CxHxW")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--write", action="store_true", help="put the row into docs/BENCHMARKS.md")
     args = parser.parse_args()
     shape = tuple(int(d) for d in args.input.split("x"))
     torch.set_num_threads(2)
     median, times = time_trace_and_cost(args.model, shape, args.repeats)
     spread = f"{min(times):.3f}-{max(times):.3f}"
-    print("| what | model | input | median s (min-max) | target | torch | CPU | date |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    print(f"| trace + model_cost | {args.model} | {args.input} | {median:.3f} ({spread}) | < 1 s | "
-          f"{torch.__version__} | {platform.processor() or platform.machine()}, 2 threads | "
-          f"{datetime.date.today().isoformat()} |")
+    rows = [
+        "| what | model | input | median s (min-max) | target | torch | CPU | date |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| trace + model_cost | {args.model} | {args.input} | {median:.3f} ({spread}) | < 1 s | "
+        f"{torch.__version__} | {platform.processor() or platform.machine()}, 2 threads | "
+        f"{datetime.date.today().isoformat()} |",
+    ]
+    print("\n".join(rows))
+    if args.write:
+        update_section("cost-speed", "\n".join([
+            "## Cost model speed", "",
+            "Trace (torch.fx + shape propagation, one forward pass) plus exact per-layer cost at W4A4, median of "
+            f"{args.repeats} after a warm-up.", "",
+            f"Command: `python -m benchmarks.bench_cost --model {args.model} --input {args.input} --write`", "",
+            *rows]))
 
 
 if __name__ == "__main__":

@@ -113,3 +113,22 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, float]:
     ds = data.get(cfg.dataset, cfg.data_root, split, image_size=cfg.image_size, normalize=cfg.normalize,
                   val=cfg.val or split == "val")
     return evaluate_model(model, ds, cfg.eval_batch_size, "cpu")
+
+
+def run_cost(run_dir: str | Path) -> Any:
+    """The per-layer cost (``bitsmith.cost.CostReport``) of a run's model at the bit widths it computes with."""
+    from bitsmith.cost import model_cost
+    from bitsmith.quant import bits_assignment
+    from bitsmith.quant.layers import QuantConv2d, QuantLinear
+
+    model, _, train_ds = build_run_model(run_dir)
+    input_shape = (train_ds.in_channels, *train_ds.image_size)
+    quantized = any(isinstance(m, (QuantConv2d, QuantLinear)) for m in model.modules())
+    return model_cost(model, input_shape, bits=bits_assignment(model) if quantized else None)
+
+
+def write_run_report(run_dir: str | Path) -> Path:
+    """Write the run's ``report.md``: metrics, learning curves and the per-layer cost table."""
+    from bitsmith.report import cost_markdown, write_report
+
+    return write_report(run_dir, sections=[("Cost per sample (per layer)", cost_markdown(run_cost(run_dir)))])

@@ -23,6 +23,7 @@ app = typer.Typer(
 _COMMAND_MODULES = (
     "bitsmith.cli.train",
     "bitsmith.cli.cost",
+    "bitsmith.cli.quantize",
 )
 
 for _name in _COMMAND_MODULES:

@@ -11,7 +11,6 @@ from bitsmith import _config, data, zoo
 from bitsmith.cli._common import check_writable_out, console, percent
 from bitsmith.engine import TrainConfig, TrainResult, distributed, train
 from bitsmith.errors import BitsmithError
-from bitsmith.report import write_report
 
 
 def _check_names(model: str, dataset: str) -> None:
@@ -23,11 +22,16 @@ def _check_names(model: str, dataset: str) -> None:
 
 def run_training(cfg: TrainConfig, out: Path, quiet: bool, resume: bool = False) -> TrainResult:
     """Train (or resume) a run, write its report, print the result."""
-    if not resume:
+    from bitsmith import runs
+
+    if resume:
+        model, cfg, _ = runs.build_run_model(out)
+        result = train(cfg, out, model=model, run_config=runs.read_config(out), quiet=quiet, resume=True)
+    else:
         check_writable_out(out)
-    result = train(cfg, out, quiet=quiet, resume=resume)
+        result = train(cfg, out, quiet=quiet)
     if distributed.is_main():
-        write_report(out)
+        runs.write_run_report(out)
         m = result.metrics
         console.print(f"test accuracy {percent(m['test_acc'])}  (train loss {m['train_loss']:.4f}, "
                       f"{m['epoch']} epochs)  run directory: {out}")

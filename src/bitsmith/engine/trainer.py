@@ -162,6 +162,9 @@ class Trainer:
         assert self.out_dir is not None and self.optimizer is not None
         require_run_dir(self.out_dir)
         state = load_checkpoint(self.out_dir / CHECKPOINT_FILE, map_location="cpu")
+        if "optimizer" not in state:
+            raise CheckpointError(f"{self.out_dir} holds no training state (e.g. a post-training quantization run); "
+                                  "there is nothing to resume")
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,88 @@
+"""``bitsmith quantize``: quantization-aware fine-tuning (or post-training calibration) of a float run."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import typer
+
+from bitsmith import _config
+from bitsmith.cli._common import check_writable_out, console, percent
+from bitsmith.engine import distributed, evaluate_model, save_run, train
+from bitsmith.errors import BitsmithError
+
+
+def quantize_cmd(
+    source: Path = typer.Option(..., "--from", help="float run directory to start from"),
+    wbits: int = typer.Option(4, help="weight bit width (2..8, 16; 32 = float)"),
+    abits: int = typer.Option(4, help="activation bit width (2..8, 16; 32 = float)"),
+    bits_file: Path | None = typer.Option(None, help="bits.json of per-layer widths (replaces --wbits/--abits)"),
+    method: str = typer.Option("lsq", help="lsq | pact | minmax"),
+    per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="one weight scale per output channel"),
+    first_last_bits: int = typer.Option(8, help="bit width of the first and last layers (0 = same as the rest)"),
+    fold_bn: bool = typer.Option(False, "--fold-bn", help="fold BatchNorm into the preceding conv before QAT"),
+    ptq: bool = typer.Option(False, "--ptq", help="calibrate only (post-training quantization), no training"),
+    observer: str = typer.Option("mse", help="calibration observer: minmax | percentile | mse"),
+    calib_batches: int = typer.Option(8, help="batches used for calibration"),
+    epochs: int = typer.Option(10, help="QAT epochs"),
+    lr: float = typer.Option(1e-4, help="QAT learning rate"),
+    scheduler: str = typer.Option("cosine", help="none | cosine | step"),
+    seed: int = typer.Option(0, help="random seed"),
+    threads: int | None = typer.Option(None, help="torch CPU threads"),
+    out: Path = typer.Option(..., help="run directory to write"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Quantize a trained float run: QAT fine-tuning with the Trainer, or PTQ calibration with --ptq."""
+    from bitsmith import data, runs
+    from bitsmith.quant import QConfig, calibrate, quantize
+
+    source_cfg = runs.read_config(source)
+    if source_cfg.get("model_transforms"):
+        raise BitsmithError(f"--from {source} is already a transformed (quantized) run; give a float run")
+    if bits_file is not None and not bits_file.is_file():
+        raise BitsmithError(f"--bits-file {bits_file}: file not found")
+    common = {"method": method, "per_channel": per_channel, "fold_bn": fold_bn,
+              "first_last_bits": first_last_bits or None}
+    if bits_file is not None:
+        qcfg = QConfig.from_bits(str(bits_file), **common)
+        qcfg = dataclasses.replace(qcfg, bits_file=str(bits_file.resolve()))
+    else:
+        qcfg = QConfig(weight_bits=wbits, act_bits=abits, **common)
+    base = runs.train_config(source)
+    cfg = dataclasses.replace(base, epochs=epochs, lr=lr, scheduler=scheduler, seed=seed,
+                              num_threads=threads or base.num_threads)
+    check_writable_out(out)
+    float_model = runs.load_model(source)
+    train_ds = data.get(cfg.dataset, cfg.data_root, "train", image_size=cfg.image_size, normalize=cfg.normalize,
+                        val=cfg.val)
+    input_shape = (train_ds.in_channels, *train_ds.image_size)
+    qmodel = quantize(float_model, qcfg, example_input_shape=input_shape)
+    x, _ = train_ds.tensors()
+    loader = [x[i:i + cfg.batch_size] for i in range(0, len(x), cfg.batch_size)]
+    calibrate(qmodel, loader, num_batches=calib_batches, observer=observer, seed=seed)
+    run_config = {"command": "quantize", "from": str(source), "ptq": ptq, "observer": observer,
+                  "train": _config.to_dict(cfg),
+                  "model_transforms": [{"name": "quantize", "config": qcfg.to_dict()}]}
+    if ptq:
+        test = data.get(cfg.dataset, cfg.data_root, "test", image_size=cfg.image_size, normalize=cfg.normalize,
+                        val=cfg.val)
+        scores = evaluate_model(qmodel, test, cfg.eval_batch_size, "cpu")
+        history = [{"type": "eval", "epoch": 0, "split": "test", **scores}]
+        save_run(out, qmodel, run_config, history)
+        metrics = {"test_acc": scores["acc"]}
+    else:
+        metrics = train(cfg, out, model=qmodel, run_config=run_config, quiet=quiet).metrics
+    if distributed.is_main():
+        runs.write_run_report(out)
+        kind = "PTQ" if ptq else "QAT"
+        console.print(f"{kind} {qcfg.weight_bits if bits_file is None else 'mixed'}/"
+                      f"{qcfg.act_bits if bits_file is None else 'mixed'} bits: test accuracy "
+                      f"{percent(metrics['test_acc'])}  run directory: {out}")
+    distributed.shutdown()
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``bitsmith quantize``."""
+    app.command("quantize")(quantize_cmd)
+
