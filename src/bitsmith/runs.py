@@ -132,3 +132,41 @@ def write_run_report(run_dir: str | Path) -> Path:
     from bitsmith.report import cost_markdown, write_report
 
     return write_report(run_dir, sections=[("Cost per sample (per layer)", cost_markdown(run_cost(run_dir)))])
+
+
+def quantize_run(source: str | Path, qconfig: Any, out: str | Path, *, epochs: int = 10, lr: float = 1e-4,
+                 scheduler: str = "cosine", seed: int = 0, num_threads: int | None = None, ptq: bool = False,
+                 observer: str = "mse", calib_batches: int = 8, quiet: bool = False) -> dict[str, Any]:
+    """Quantize the float model of run ``source`` per ``qconfig`` into a new run at ``out``; returns its metrics.
+
+    The quantizers are calibrated on ``calib_batches`` training batches; then either the model is fine-tuned
+    (QAT, with the source run's recipe but ``epochs``/``lr``/``scheduler``/``seed``) or, with ``ptq``, only
+    evaluated. The new run records the quantization as a model transform, so it re-builds, resumes and reports.
+    """
+    import dataclasses
+
+    from bitsmith import data
+    from bitsmith.engine import evaluate_model, save_run, train
+    from bitsmith.quant import calibrate, quantize
+
+    if read_config(source).get("model_transforms"):
+        raise CheckpointError(f"{source} is already a transformed (quantized) run; give a float run")
+    base = train_config(source)
+    cfg = dataclasses.replace(base, epochs=epochs, lr=lr, scheduler=scheduler, seed=seed,
+                              num_threads=num_threads or base.num_threads)
+    float_model = load_model(source)
+    split = {"image_size": cfg.image_size, "normalize": cfg.normalize, "val": cfg.val}
+    train_ds = data.get(cfg.dataset, cfg.data_root, "train", **split)
+    qmodel = quantize(float_model, qconfig, example_input_shape=(train_ds.in_channels, *train_ds.image_size))
+    x, _ = train_ds.tensors()
+    calibrate(qmodel, [x[i:i + cfg.batch_size] for i in range(0, len(x), cfg.batch_size)],
+              num_batches=calib_batches, observer=observer, seed=seed)
+    run_config = {"command": "quantize", "from": str(source), "ptq": ptq, "observer": observer,
+                  "calib_batches": calib_batches, "train": _config.to_dict(cfg),
+                  "model_transforms": [{"name": "quantize", "config": qconfig.to_dict()}]}
+    if not ptq:
+        return train(cfg, out, model=qmodel, run_config=run_config, quiet=quiet).metrics
+    test = data.get(cfg.dataset, cfg.data_root, "test", **split)
+    scores = evaluate_model(qmodel, test, cfg.eval_batch_size, "cpu")
+    save_run(out, qmodel, run_config, [{"type": "eval", "epoch": 0, "split": "test", **scores}])
+    return {"test_acc": scores["acc"], "test_loss": scores["loss"]}

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import typer
 
-from bitsmith import _config
 from bitsmith.cli._common import check_writable_out, console, percent
-from bitsmith.engine import distributed, evaluate_model, save_run, train
+from bitsmith.engine import distributed
 from bitsmith.errors import BitsmithError
 
 
@@ -34,12 +33,9 @@ def quantize_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
     """Quantize a trained float run: QAT fine-tuning with the Trainer, or PTQ calibration with --ptq."""
-    from bitsmith import data, runs
-    from bitsmith.quant import QConfig, calibrate, quantize
+    from bitsmith import runs
+    from bitsmith.quant import QConfig
 
-    source_cfg = runs.read_config(source)
-    if source_cfg.get("model_transforms"):
-        raise BitsmithError(f"--from {source} is already a transformed (quantized) run; give a float run")
     if bits_file is not None and not bits_file.is_file():
         raise BitsmithError(f"--bits-file {bits_file}: file not found")
     common = {"method": method, "per_channel": per_channel, "fold_bn": fold_bn,
@@ -49,30 +45,10 @@ def quantize_cmd(
         qcfg = dataclasses.replace(qcfg, bits_file=str(bits_file.resolve()))
     else:
         qcfg = QConfig(weight_bits=wbits, act_bits=abits, **common)
-    base = runs.train_config(source)
-    cfg = dataclasses.replace(base, epochs=epochs, lr=lr, scheduler=scheduler, seed=seed,
-                              num_threads=threads or base.num_threads)
     check_writable_out(out)
-    float_model = runs.load_model(source)
-    train_ds = data.get(cfg.dataset, cfg.data_root, "train", image_size=cfg.image_size, normalize=cfg.normalize,
-                        val=cfg.val)
-    input_shape = (train_ds.in_channels, *train_ds.image_size)
-    qmodel = quantize(float_model, qcfg, example_input_shape=input_shape)
-    x, _ = train_ds.tensors()
-    loader = [x[i:i + cfg.batch_size] for i in range(0, len(x), cfg.batch_size)]
-    calibrate(qmodel, loader, num_batches=calib_batches, observer=observer, seed=seed)
-    run_config = {"command": "quantize", "from": str(source), "ptq": ptq, "observer": observer,
-                  "train": _config.to_dict(cfg),
-                  "model_transforms": [{"name": "quantize", "config": qcfg.to_dict()}]}
-    if ptq:
-        test = data.get(cfg.dataset, cfg.data_root, "test", image_size=cfg.image_size, normalize=cfg.normalize,
-                        val=cfg.val)
-        scores = evaluate_model(qmodel, test, cfg.eval_batch_size, "cpu")
-        history = [{"type": "eval", "epoch": 0, "split": "test", **scores}]
-        save_run(out, qmodel, run_config, history)
-        metrics = {"test_acc": scores["acc"]}
-    else:
-        metrics = train(cfg, out, model=qmodel, run_config=run_config, quiet=quiet).metrics
+    metrics = runs.quantize_run(source, qcfg, out, epochs=epochs, lr=lr, scheduler=scheduler, seed=seed,
+                                num_threads=threads, ptq=ptq, observer=observer, calib_batches=calib_batches,
+                                quiet=quiet)
     if distributed.is_main():
         runs.write_run_report(out)
         kind = "PTQ" if ptq else "QAT"

@@ -121,21 +121,41 @@ def datasets_cmd() -> None:
 
 def demo_cmd(
     out: Path = typer.Option(Path("runs/demo"), help="folder for the demo's runs"),
-    epochs: int = typer.Option(30, help="training epochs"),
+    epochs: int = typer.Option(30, help="FP32 training epochs"),
+    qat_epochs: int = typer.Option(10, help="quantization-aware fine-tuning epochs"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
-    """The README's main job: train LeNet-5 on the embedded digits and report test accuracy."""
-    cfg = TrainConfig(model="lenet5", dataset="digits", epochs=epochs)
-    run_dir = out / "lenet5-fp32"
-    if (run_dir / "checkpoint.safetensors").exists():
-        console.print(f"{run_dir} already holds a run; re-using it (delete the folder to retrain)")
-        from bitsmith.runs import evaluate_run
+    """The README's main job: LeNet-5 on the embedded digits in FP32, then W8A8 PTQ and W4A4 QAT, with costs."""
+    from bitsmith import runs
+    from bitsmith.quant import QConfig
 
-        console.print(f"test accuracy {percent(evaluate_run(run_dir)['acc'])}  run directory: {run_dir}")
-        return
-    console.print(f"Training LeNet-5 (FP32) on the embedded digits for {epochs} epochs (Adam lr 1e-3, batch 64)")
-    run_training(cfg, run_dir, quiet)
-    console.print(f"report: {run_dir / 'report.md'}")
+    check_writable_out(out)
+    fp32 = out / "lenet5-fp32"
+    steps = [
+        ("FP32", fp32, None),
+        ("W8A8 PTQ", out / "lenet5-w8a8-ptq", {"qconfig": QConfig(weight_bits=8, act_bits=8), "ptq": True}),
+        ("W4A4 QAT", out / "lenet5-w4a4-qat", {"qconfig": QConfig(weight_bits=4, act_bits=4, first_last_bits=None),
+                                               "epochs": qat_epochs}),
+    ]
+    rows = []
+    for label, run_dir, quant in steps:
+        if (run_dir / "checkpoint.safetensors").exists():
+            console.print(f"{label}: re-using {run_dir} (delete it to retrain)")
+        elif quant is None:
+            console.print(f"{label}: training LeNet-5 on digits for {epochs} epochs (Adam lr 1e-3, batch 64)")
+            train(TrainConfig(model="lenet5", dataset="digits", epochs=epochs), run_dir, quiet=quiet)
+        else:
+            console.print(f"{label}: quantizing {fp32}")
+            runs.quantize_run(fp32, quant["qconfig"], run_dir, ptq=quant.get("ptq", False),
+                              epochs=quant.get("epochs", 10), quiet=quiet)
+        runs.write_run_report(run_dir)
+        cost = runs.run_cost(run_dir)
+        rows.append((label, runs.evaluate_run(run_dir)["acc"], cost.total_bops, cost.size_kib, run_dir))
+    console.print("\n| model | test accuracy | BOPs / image | weights KiB | run directory |")
+    console.print("| --- | ---: | ---: | ---: | --- |")
+    for label, acc, bops, kib, run_dir in rows:
+        console.print(f"| {label} | {percent(acc)} | {bops:,} | {kib:.2f} | {run_dir} |")
+    console.print(f"\nreports: {', '.join(str(r[-1] / 'report.md') for r in rows)}")
 
 
 def register(app: typer.Typer) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bitsmith import _config
+from bitsmith.cost.bits import BitsAssignment
 from bitsmith.errors import ConfigError
 from bitsmith.quant.quantizers import INITS, METHODS, check_bits
 
@@ -93,11 +94,9 @@ class QConfig:
             self.bits_file = os.fspath(self.bits_file)
 
     @classmethod
-    def from_bits(cls, bits: Any, **kwargs: Any) -> QConfig:
+    def from_bits(cls, bits: BitsAssignment | str | os.PathLike | dict[str, Any], **kwargs: Any) -> QConfig:
         """A QConfig whose overrides are the layers of a ``BitsAssignment`` (or a bits.json path / dict);
         ``kwargs`` set the other fields. ``first_last_bits`` defaults to None so the file's widths win."""
-        from bitsmith.cost.bits import BitsAssignment
-
         if isinstance(bits, (str, os.PathLike)):
             bits = BitsAssignment.load(bits)
         elif isinstance(bits, dict):

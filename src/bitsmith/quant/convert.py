@@ -23,7 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from bitsmith.cost.bits import BitsAssignment, LayerBits
 from bitsmith.errors import ConfigError, UnsupportedLayerError
+from bitsmith.graph import Graph, trace
 from bitsmith.quant.config import QConfig
 from bitsmith.quant.layers import QuantAct, QuantConv2d, QuantLinear, _QuantLayer
 
@@ -73,12 +75,6 @@ def _input_shape(model: nn.Module, shape: Sequence[int] | None) -> tuple[int, ..
     return None
 
 
-def _trace(model: nn.Module, shape: tuple[int, ...]) -> Any:
-    from bitsmith.graph import trace
-
-    return trace(model, shape)
-
-
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
@@ -105,7 +101,7 @@ def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
         conv.weight_quant.initialize(conv.weight)
 
 
-def _fold(model: nn.Module, graph: Any) -> list[tuple[str, str]]:
+def _fold(model: nn.Module, graph: Graph) -> list[tuple[str, str]]:
     """Fold every BatchNorm2d whose only producer is a Conv2d that feeds nothing else; BN -> Identity."""
     calls = Counter(n.module_name for n in graph.nodes if n.module_name)
     folded = []
@@ -134,7 +130,7 @@ def fold_batchnorm(model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
     A quantized conv re-initialises its weight scale from the folded weight.
     """
     folded = copy.deepcopy(model)
-    _fold(folded, _trace(folded, tuple(input_shape)))
+    _fold(folded, trace(folded, tuple(input_shape)))
     return folded
 
 
@@ -147,7 +143,7 @@ def _combine(signs: list[bool | None]) -> bool | None:
     return None
 
 
-def _node_signs(graph: Any) -> list[bool | None]:
+def _node_signs(graph: Graph) -> list[bool | None]:
     """Per node: False = never negative, None = network input (decided from data), True = may be negative."""
     signs: list[bool | None] = []
     for node in graph.nodes:
@@ -162,7 +158,7 @@ def _node_signs(graph: Any) -> list[bool | None]:
     return signs
 
 
-def _layers_and_signs(model: nn.Module, graph: Any) -> tuple[list[str], dict[str, bool | None]]:
+def _layers_and_signs(model: nn.Module, graph: Graph | None) -> tuple[list[str], dict[str, bool | None]]:
     """Conv2d/Linear module names (execution order first) and each one's input-activation signedness."""
     all_layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     if graph is None:
@@ -203,8 +199,6 @@ def _plan(qconfig: QConfig, model: nn.Module, order: list[str]) -> dict[str, dic
             plan[name].update(weight_bits=qconfig.first_last_bits, act_bits=qconfig.first_last_bits)
     entries: list[tuple[str, dict[str, Any], str]] = []
     if qconfig.bits_file is not None:
-        from bitsmith.cost.bits import BitsAssignment
-
         bits = BitsAssignment.load(qconfig.bits_file)
         entries += [(name, lb.to_dict(), f"bits file {qconfig.bits_file}") for name, lb in bits.layers.items()]
     entries += [(name, entry, "QConfig override") for name, entry in qconfig.overrides.items()]
@@ -233,7 +227,7 @@ def quantize(model: nn.Module, qconfig: QConfig | dict[str, Any] | None = None,
     _check_model(model)
     qmodel = copy.deepcopy(model)
     shape = _input_shape(model, example_input_shape)
-    graph = _trace(qmodel, shape) if shape is not None else None
+    graph = trace(qmodel, shape) if shape is not None else None
     if graph is None:
         if qconfig.fold_bn:
             raise ConfigError("fold_bn needs the model's input shape: pass example_input_shape=(C, H, W)")
@@ -259,11 +253,9 @@ def quantize(model: nn.Module, qconfig: QConfig | dict[str, Any] | None = None,
     return qmodel
 
 
-def bits_assignment(qmodel: nn.Module) -> Any:
+def bits_assignment(qmodel: nn.Module) -> BitsAssignment:
     """The bits.json content (a ``bitsmith.cost.bits.BitsAssignment``) of a quantized model: each quantized
     layer's weight bit width(s), input-activation bit width and keep mask."""
-    from bitsmith.cost.bits import BitsAssignment, LayerBits
-
     layers = {name: LayerBits(m.weight_bits, m.act_bits, m.keep_mask)
               for name, m in qmodel.named_modules() if isinstance(m, _QuantLayer)}
     if not layers:

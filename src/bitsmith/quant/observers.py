@@ -54,16 +54,13 @@ def range_to_qparams(lo: torch.Tensor, hi: torch.Tensor, qmin: Bound, qmax: Boun
     """
     lo = torch.clamp(lo, max=0.0)
     hi = torch.clamp(hi, min=0.0)
-    qmin_t = torch.as_tensor(qmin, dtype=lo.dtype, device=lo.device)
-    qmax_t = torch.as_tensor(qmax, dtype=lo.dtype, device=lo.device)
+    signed = bool((qmin < 0).any()) if isinstance(qmin, torch.Tensor) else qmin < 0
     if symmetric:
-        top = torch.maximum(-lo, hi) if bool((qmin_t < 0).any()) else hi
-        scale = (top / qmax_t).clamp_min(MIN_SCALE)
-        zero = torch.zeros_like(scale)
-    else:
-        scale = ((hi - lo) / (qmax_t - qmin_t)).clamp_min(MIN_SCALE)
-        zero = torch.clamp(qmin_t - torch.round(lo / scale), qmin_t, qmax_t)
-    return scale, zero
+        top = torch.maximum(-lo, hi) if signed else hi
+        scale = (top / qmax).clamp_min(MIN_SCALE)
+        return scale, torch.zeros_like(scale)
+    scale = ((hi - lo) / (qmax - qmin)).clamp_min(MIN_SCALE)
+    return scale, torch.clamp(qmin - torch.round(lo / scale), qmin, qmax)
 
 
 def mse_range(x2d: torch.Tensor, qmin: Bound, qmax: Bound, symmetric: bool, grid: int = 100,

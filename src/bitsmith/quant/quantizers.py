@@ -431,7 +431,11 @@ class MinMaxQuantizer(Quantizer):
         if self.role == "activation" and self._initialized:
             lo = torch.minimum(lo, self.min_val)
             hi = torch.maximum(hi, self.max_val)
-        self.set_range(lo, hi)
+        if self._signed is None or not self._initialized:
+            self.set_range(lo, hi)
+            return
+        qmin, qmax = self._bounds()
+        self._store(lo, hi, *range_to_qparams(lo, hi, qmin, qmax, self.symmetric))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Observe ``x`` in training mode, then fake-quantize it with the observed range."""
