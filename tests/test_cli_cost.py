@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from bitsmith.cli.main import main
 from bitsmith.cost import BitsAssignment, LayerBits
 from bitsmith.graph import trace
 from bitsmith.zoo import create_model
@@ -17,25 +16,15 @@ from bitsmith.zoo import create_model
 LENET = ["cost", "--model", "lenet5", "--input", "1x16x16"]
 
 
-def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_table_and_totals(capsys):
-    code, out, err = _run([*LENET, "--wbits", "4", "--abits", "8"], capsys)
+def test_table_and_totals(cli):
+    code, out, err = cli(*[*LENET, "--wbits", "4", "--abits", "8"])
     assert code == 0 and err == ""
     for text in ("features.0", "classifier.4", "233,640", "7,476,480", "GBOPs 0.0075", "23.42 KiB", "DoF 44,426"):
         assert text in out, text
 
 
-def test_json_output_only(capsys):
-    code, out, _ = _run([*LENET, "--wbits", "4", "--abits", "8", "--json"], capsys)
+def test_json_output_only(cli):
+    code, out, _ = cli(*[*LENET, "--wbits", "4", "--abits", "8", "--json"])
     assert code == 0
     data = json.loads(out)
     assert data["model"] == "lenet5" and data["input_shape"] == [1, 16, 16]
@@ -43,9 +32,9 @@ def test_json_output_only(capsys):
     assert [layer["name"] for layer in data["layers"]][:2] == ["features.0", "features.3"]
 
 
-def test_only_wbits_leaves_activations_at_full_precision(capsys):
-    code, out, _ = _run(["cost", "--model", "resnet20", "--input", "3x16x16", "--num-classes", "4", "--wbits", "2",
-                         "--json"], capsys)
+def test_only_wbits_leaves_activations_at_full_precision(cli):
+    code, out, _ = cli(*["cost", "--model", "resnet20", "--input", "3x16x16", "--num-classes", "4", "--wbits", "2",
+                         "--json"])
     data = json.loads(out)
     assert code == 0 and data["totals"]["bops"] == data["totals"]["macs"] * 2 * 32
     assert data["layers"][-1]["out_channels"] == 4
@@ -58,9 +47,9 @@ def _lenet_bits() -> BitsAssignment:
     return bits
 
 
-def test_bits_file(tmp_path, capsys):
+def test_bits_file(tmp_path, cli):
     path = _lenet_bits().save(tmp_path / "bits.json")
-    code, out, _ = _run([*LENET, "--bits-file", str(path), "--json"], capsys)
+    code, out, _ = cli(*[*LENET, "--bits-file", str(path), "--json"])
     assert code == 0
     assert json.loads(out)["totals"]["macs"] == 169_640
 
@@ -89,13 +78,13 @@ ERRORS = [
 
 
 @pytest.mark.parametrize(("extra", "message"), ERRORS)
-def test_bad_input_is_one_line_and_exit_2(extra, message, tmp_path, capsys):
+def test_bad_input_is_one_line_and_exit_2(extra, message, tmp_path, cli):
     paths = {"BITS": str(_lenet_bits().save(tmp_path / "bits.json")), "BAD": _bad_bits_file(tmp_path),
              "MISSING": str(tmp_path / "missing.json")}
     argv = [*LENET, *[paths.get(a, a) for a in extra]]
     if "--model" in extra:
         argv = argv[:1] + argv[3:]
-    code, out, err = _run(argv, capsys)
+    code, out, err = cli(*argv)
     assert code == 2 and out == ""
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err

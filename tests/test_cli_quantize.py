@@ -16,16 +16,6 @@ from bitsmith.cli.main import main
 from bitsmith.quant.layers import QuantConv2d, QuantLinear
 
 
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture(scope="module")
 def float_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("fp") / "run"
@@ -37,9 +27,9 @@ def _last_eval(run) -> float:
     return [r for r in runs.read_metrics(run) if r["type"] == "eval"][-1]["acc"]
 
 
-def test_qat_w4a4_keeps_accuracy_and_reports_cost(float_run, tmp_path, capsys):
+def test_qat_w4a4_keeps_accuracy_and_reports_cost(float_run, tmp_path, cli):
     out = tmp_path / "w4a4"
-    code, stdout, err = run_cli(capsys, "quantize", "--from", str(float_run), "--wbits", "4", "--abits", "4",
+    code, stdout, err = cli("quantize", "--from", str(float_run), "--wbits", "4", "--abits", "4",
                                 "--epochs", "3", "--threads", "1", "--quiet", "--out", str(out))
     assert code == 0, err
     assert "QAT 4/4 bits" in stdout
@@ -52,17 +42,17 @@ def test_qat_w4a4_keeps_accuracy_and_reports_cost(float_run, tmp_path, capsys):
     assert first.weight_bits == 8 and last.weight_bits == 8 and layers[1].weight_bits == 4  # first/last at 8
     report = (out / "report.md").read_text()
     assert "Cost per sample" in report and "| features.3 | conv | 16 (16) | 4 | 4 |" in report
-    code, stdout, _ = run_cli(capsys, "eval", str(out), "--json")
+    code, stdout, _ = cli("eval", str(out), "--json")
     assert json.loads(stdout)["acc"] == pytest.approx(acc)
 
 
-def test_ptq_calibrates_without_training(float_run, tmp_path, capsys):
+def test_ptq_calibrates_without_training(float_run, tmp_path, cli):
     out = tmp_path / "ptq"
-    code, stdout, err = run_cli(capsys, "quantize", "--from", str(float_run), "--wbits", "8", "--abits", "8",
+    code, stdout, err = cli("quantize", "--from", str(float_run), "--wbits", "8", "--abits", "8",
                                 "--ptq", "--quiet", "--out", str(out))
     assert code == 0, err
     assert abs(_last_eval(out) - _last_eval(float_run)) <= 0.02
-    code, _, err = run_cli(capsys, "train", "--resume", str(out))
+    code, _, err = cli("train", "--resume", str(out))
     assert code == 2 and "nothing to resume" in err
 
 
@@ -102,17 +92,17 @@ def test_killed_qat_run_resumes_exactly(float_run, tmp_path):
     (("--observer", "max"), "unknown observer 'max'"),
     (("--bits-file", "{tmp}/none.json"), "file not found"),
 ])
-def test_bad_quantize_input(float_run, tmp_path, capsys, args, needle):
+def test_bad_quantize_input(float_run, tmp_path, cli, args, needle):
     args = tuple(a.replace("{tmp}", str(tmp_path)) for a in args)
-    code, _, err = run_cli(capsys, "quantize", "--from", str(float_run), *args, "--out", str(tmp_path / "o"))
+    code, _, err = cli("quantize", "--from", str(float_run), *args, "--out", str(tmp_path / "o"))
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o" / "checkpoint.safetensors").exists()
 
 
-def test_from_must_be_a_float_run(float_run, tmp_path, capsys):
-    code, _, err = run_cli(capsys, "quantize", "--from", str(tmp_path), "--out", str(tmp_path / "o"))
+def test_from_must_be_a_float_run(float_run, tmp_path, cli):
+    code, _, err = cli("quantize", "--from", str(tmp_path), "--out", str(tmp_path / "o"))
     assert code == 2 and "not a bitsmith run directory" in err
     q = tmp_path / "q"
-    assert run_cli(capsys, "quantize", "--from", str(float_run), "--ptq", "--quiet", "--out", str(q))[0] == 0
-    code, _, err = run_cli(capsys, "quantize", "--from", str(q), "--out", str(tmp_path / "o2"))
+    assert cli("quantize", "--from", str(float_run), "--ptq", "--quiet", "--out", str(q))[0] == 0
+    code, _, err = cli("quantize", "--from", str(q), "--out", str(tmp_path / "o2"))
     assert code == 2 and "already a transformed" in err

@@ -9,38 +9,26 @@ import sys
 
 import pytest
 
-from bitsmith.cli.main import main
 
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_train_then_eval(tmp_path, capsys):
+def test_train_then_eval(tmp_path, cli):
     run = tmp_path / "run"
-    code, out, _ = run_cli(capsys, "train", "--epochs", "2", "--out", str(run), "--quiet")
+    code, out, _ = cli("train", "--epochs", "2", "--out", str(run), "--quiet")
     assert code == 0 and "test accuracy" in out and str(run) in out
     assert (run / "report.md").is_file() and (run / "learning_curves.png").is_file()
-    code, out, _ = run_cli(capsys, "eval", str(run), "--json")
+    code, out, _ = cli("eval", str(run), "--json")
     scores = json.loads(out)
     final = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     assert code == 0 and scores["acc"] == pytest.approx(final["acc"])
-    code, out, _ = run_cli(capsys, "train", "--config", str(run / "config.json"), "--out", str(tmp_path / "again"),
+    code, out, _ = cli("train", "--config", str(run / "config.json"), "--out", str(tmp_path / "again"),
                            "--quiet")
     rerun = [json.loads(line) for line in (tmp_path / "again" / "metrics.jsonl").read_text().splitlines()][-1]
     assert code == 0 and rerun["acc"] == final["acc"]
 
 
-def test_lists(capsys):
-    code, out, _ = run_cli(capsys, "models")
+def test_lists(cli):
+    code, out, _ = cli("models")
     assert code == 0 and all(m in out for m in ("lenet5", "resnet20", "resnet18", "vgg_small", "mobilenetv2"))
-    code, out, _ = run_cli(capsys, "datasets")
+    code, out, _ = cli("datasets")
     assert code == 0 and all(d in out for d in ("digits", "mnist", "fashion-mnist", "cifar10", "imagefolder"))
 
 
@@ -57,10 +45,10 @@ def test_lists(capsys):
     (("train", "--resume", "{tmp}"), "is not a bitsmith run directory"),
     (("train", "--config", "{tmp}/none.json"), "file not found"),
 ])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, needle):
+def test_bad_input_is_one_line_and_exit_2(tmp_path, cli, args, needle):
     args = tuple(a.replace("{tmp}", str(tmp_path)) for a in args)
-    code, out, err = run_cli(capsys, *args, "--out", str(tmp_path / "o")) if args[0] == "train" and \
-        "--resume" not in args and "--config" not in args else run_cli(capsys, *args)
+    code, out, err = cli(*args, "--out", str(tmp_path / "o")) if args[0] == "train" and \
+        "--resume" not in args and "--config" not in args else cli(*args)
     assert code == 2
     assert needle in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -68,19 +56,19 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, needle):
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
-def test_unwritable_out_as_user(tmp_path, capsys):
+def test_unwritable_out_as_user(tmp_path, cli):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    code, _, err = run_cli(capsys, "train", "--epochs", "1", "--out", str(locked / "run"))
+    code, _, err = cli("train", "--epochs", "1", "--out", str(locked / "run"))
     assert code == 2 and "not writable" in err
 
 
-def test_unwritable_out(tmp_path, capsys):
+def test_unwritable_out(tmp_path, cli):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code, _, err = run_cli(capsys, "train", "--epochs", "1", "--out", str(blocker))
+    code, _, err = cli("train", "--epochs", "1", "--out", str(blocker))
     assert code == 2 and "exists and is not a folder" in err
-    code, _, err = run_cli(capsys, "train", "--epochs", "1", "--out", str(blocker / "sub"))
+    code, _, err = cli("train", "--epochs", "1", "--out", str(blocker / "sub"))
     assert code == 2 and "not writable" in err
 
 

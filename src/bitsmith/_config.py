@@ -101,12 +101,7 @@ def save(cfg: Any, path: str | Path) -> Path:
 def load(cls: type[T], path: str | Path) -> T:
     """Read a dataclass config from a JSON file, with a one-line error for a missing or corrupt file."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    data = _io.read_json(path, "config file", ConfigError)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object at top level")
     return from_dict(cls, data, where=path.name)

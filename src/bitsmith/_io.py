@@ -38,6 +38,17 @@ def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     return path
 
 
+def read_json(path: str | os.PathLike, what: str = "file", error: type[Exception] = ValueError) -> Any:
+    """Parse a JSON file; a missing file or bad JSON raises ``error`` with one line naming the file and problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from None
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
 

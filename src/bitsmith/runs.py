@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from bitsmith import _config
+from bitsmith import _config, _io
 from bitsmith.engine import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -45,10 +45,7 @@ TRANSFORMS: dict[str, Callable[[nn.Module, dict[str, Any], tuple[int, ...]], nn.
 def read_config(run_dir: str | Path) -> dict[str, Any]:
     """The run's ``config.json`` as a dict (a clear error if the folder is not a run or the file is corrupt)."""
     path = require_run_dir(run_dir) / CONFIG_FILE
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    cfg = _io.read_json(path, "run config", CheckpointError)
     if not isinstance(cfg, dict) or "train" not in cfg:
         raise CheckpointError(f"{path}: not a bitsmith run config (no 'train' section)")
     return cfg

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from bitsmith import _config, data, zoo
+from bitsmith import _config, _io, data, zoo
 from bitsmith.cli._common import check_writable_out, console, percent
 from bitsmith.engine import TrainConfig, TrainResult, distributed, train
 from bitsmith.errors import BitsmithError
@@ -81,12 +81,7 @@ def train_cmd(
 
 
 def _load_run_config(path: Path) -> dict:
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BitsmithError(f"--config {path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BitsmithError(f"--config {path}: not valid JSON ({exc})") from None
+    cfg = _io.read_json(path, "--config file", BitsmithError)
     if not isinstance(cfg, dict) or "train" not in cfg:
         raise BitsmithError(f"--config {path}: not a bitsmith run config (needs a 'train' section)")
     return cfg

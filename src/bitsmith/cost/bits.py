@@ -3,7 +3,6 @@ reads and writes (see docs/COST_MODEL.md)."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -139,13 +138,7 @@ class BitsAssignment:
     @classmethod
     def load(cls, path: str | os.PathLike) -> BitsAssignment:
         """Read a bits.json file (one-line ConfigError if missing, not JSON, or malformed)."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: bits file not found")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+        data = _io.read_json(path, "bits file", ConfigError)
         return cls.from_dict(data, where=str(path))
 
     def save(self, path: str | os.PathLike) -> Path:

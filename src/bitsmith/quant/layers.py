@@ -79,13 +79,15 @@ class _QuantLayer:
         return (self.weight_quant.scale_tensor().detach() * self.act_quant.scale_tensor().detach()).reshape(-1)
 
     def _bias_is_quantized(self) -> bool:
-        return (self.bias is not None and not self.weight_quant.is_passthrough
-                and not self.act_quant.is_passthrough)
+        """A bias, and both quantizers below 32 bits with a scale (so ``s_w * s_a`` exists)."""
+        weight, act = self.weight_quant, self.act_quant
+        return (self.bias is not None and not weight.is_passthrough and not act.is_passthrough
+                and weight.is_initialized and act.is_initialized)
 
     @torch.no_grad()
     def bias_codes(self) -> torch.Tensor | None:
-        """The int32-range integer bias (int64 tensor) at scale ``s_w * s_a``, or None without a bias or when
-        either quantizer is 32-bit."""
+        """The int32-range integer bias (int64 tensor) at scale ``s_w * s_a``, or None without a bias, when
+        either quantizer is 32-bit or has no scale yet."""
         if not self._bias_is_quantized():
             return None
         codes = torch.round(self.bias / self.bias_scale().to(self.bias.dtype)).clamp_(INT32_MIN, INT32_MAX)
