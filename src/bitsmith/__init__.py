@@ -21,6 +21,8 @@ _EXPORTS: dict[str, str] = {
     "create_model": "bitsmith.zoo",
     "list_models": "bitsmith.zoo",
     "register_model": "bitsmith.zoo",
+    # data
+    "list_datasets": "bitsmith.data",
     # engine
     "Trainer": "bitsmith.engine",
     "TrainConfig": "bitsmith.engine",
@@ -28,14 +30,24 @@ _EXPORTS: dict[str, str] = {
     "evaluate": "bitsmith.engine",
     # graph / cost
     "trace": "bitsmith.graph",
+    "Graph": "bitsmith.graph",
     "model_cost": "bitsmith.cost",
+    "CostReport": "bitsmith.cost",
+    "BitsAssignment": "bitsmith.cost",
+    "DifferentiableCost": "bitsmith.cost",
     # quant
     "QConfig": "bitsmith.quant",
     "quantize": "bitsmith.quant",
     "calibrate": "bitsmith.quant",
+    "integer_forward": "bitsmith.quant",
+    # run directories
+    "load_model": "bitsmith.runs",
+    "quantize_run": "bitsmith.runs",
 }
 
-_SUBMODULES = {"data", "zoo", "engine", "graph", "cost", "quant", "methods", "export", "report", "cli", "errors"}
+_SUBMODULES = {
+    "data", "zoo", "engine", "graph", "cost", "quant", "methods", "export", "report", "cli", "errors", "runs",
+}
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
