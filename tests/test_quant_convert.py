@@ -55,7 +55,7 @@ def test_activation_signedness_follows_the_graph():
     qmodel = quantize(_lenet(), QConfig(weight_bits=4, act_bits=4))
     layers = _quant_layers(qmodel)
     assert layers["features.0"].act_quant.signed is None  # network input: decided from data
-    assert not layers["features.0"].act_quant.scale.requires_grad  # and fixed after initialisation
+    assert not layers["features.0"].act_quant.log_scale.requires_grad  # and fixed after initialisation
     assert all(layers[n].act_quant.signed is False for n in ["features.3", "classifier.0", "classifier.2"])
     qmodel(torch.rand(4, 1, 16, 16))
     assert layers["features.0"].act_quant.signed is False  # images in [0, 1]

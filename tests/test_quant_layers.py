@@ -40,7 +40,7 @@ def test_quantized_checkpoint_round_trips():
     qnet(x)
     qnet.eval()
     state = qnet.state_dict()
-    assert {"0.weight_quant.scale", "0.act_quant.scale", "3.act_quant.initialized"} <= set(state)
+    assert {"0.weight_quant.log_scale", "0.act_quant.log_scale", "3.act_quant.initialized"} <= set(state)
     clone = _net(True, weight_bits=3, act_bits=5, act_signed=None).eval()
     clone.load_state_dict(state)
     assert clone[0].act_quant.signed is False

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from bitsmith.errors import BitsmithError, ConfigError
 from bitsmith.quant import LSQQuantizer, MinMaxQuantizer, PACTQuantizer, check_bits, fake_quant
-from bitsmith.quant.quantizers import make_quantizer, qrange
+from bitsmith.quant.quantizers import LOG_SCALE_GAIN, make_quantizer, qrange
 
 QUANT_BITS = [2, 3, 4, 5, 6, 7, 8, 16]
 
@@ -123,7 +123,9 @@ def test_lsq_gradients_match_the_formula():
         g = 1.0 / math.sqrt(n * qmax)
         per_elem = torch.where(inside, q - v, q) * dy * g
         expected = per_elem.sum((1, 2, 3)) if per_channel else per_elem.sum().reshape(1)
-        assert torch.allclose(quant.scale.grad, expected, rtol=1e-4, atol=1e-6)
+        # the step size is exp(LOG_SCALE_GAIN * log_scale): d/dlog_scale = LOG_SCALE_GAIN * scale * d/dscale
+        assert torch.allclose(quant.log_scale.grad, expected * LOG_SCALE_GAIN * quant.scale.detach(), rtol=1e-4,
+                              atol=1e-7)
         assert torch.equal(x.grad, dy * inside)
 
 
@@ -147,7 +149,7 @@ def test_lsq_matches_torch_fused_learnable_op():
     y_ref.backward(dy)
     assert torch.allclose(y, y_ref)
     assert torch.allclose(x.grad, x_ref.grad)
-    assert torch.allclose(quant.scale.grad, scale.grad, rtol=1e-4)
+    assert torch.allclose(quant.log_scale.grad, scale.grad * LOG_SCALE_GAIN * scale.detach(), rtol=1e-4)
 
 
 def test_asymmetric_zero_point_gradient_and_codes():
