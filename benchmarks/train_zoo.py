@@ -1,6 +1,6 @@
 """FP32 baselines of every zoo model on digits and Fashion-MNIST (BENCHMARK_PROTOCOL.md reference recipe).
 
-    bash benchmarks/setup.sh && .venv-bench/bin/python benchmarks/train_zoo.py
+    bash benchmarks/setup.sh && .venv-bench/bin/python -m benchmarks.train_zoo
 
 Writes one JSON file per (dataset, model, seed) under benchmarks/out/zoo (finished ones are skipped on re-run) and
 the table into docs/BENCHMARKS.md. Epochs per model are chosen to fit the 2-core budget and are stated per row.
@@ -36,7 +36,6 @@ PLAN = [
     ("digits", "vgg_small", "reference", 5, 64, (0, 1, 2)),
     ("fashion-mnist", "lenet5", "reference", 15, 128, (0, 1, 2)),
     ("fashion-mnist", "lenet5", "tuned", 15, 128, (0, 1, 2)),
-    ("fashion-mnist", "resnet20", "reference", 15, 128, (0,)),
 ]
 
 
@@ -80,7 +79,11 @@ def main() -> None:
         "to fit 2 CPU cores, as stated per row. Step = zero_grad + forward + backward + step, median over the full "
         "batches of every epoch after the first (absolute times move 10–15 % between runs on these machines).",
         "",
-        "Command: `bash benchmarks/setup.sh && .venv-bench/bin/python benchmarks/train_zoo.py`",
+        "Command: `bash benchmarks/setup.sh && .venv-bench/bin/python -m benchmarks.train_zoo` (finished runs are "
+        "kept under benchmarks/out/zoo and skipped). Timing caveat for the 2026-11-25 figures: other jobs shared "
+        "the two cores during most runs, so `ms / step` and `wall s` are inflated and uneven (LeNet-5 alone: "
+        "~2.3 ms / step); accuracies are unaffected. Not run: vgg_small, resnet18, mobilenetv2 and resnet20 on "
+        "Fashion-MNIST (tens of minutes per epoch on 2 cores).",
         "",
         "Recipes: `reference` = Adam lr 1e-3, constant; `tuned` = " + ", ".join(
             f"{k} {v}" for k, v in RECIPES["tuned"].items()) + ".",
