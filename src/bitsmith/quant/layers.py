@@ -102,6 +102,13 @@ class _QuantLayer:
         scale = self.bias_scale().to(self.bias.dtype)
         return self.bias_codes().to(self.bias.dtype) * scale
 
+    def _adopt(self, float_module: nn.Module) -> Any:
+        """Share ``float_module``'s weight and bias parameters and its train/eval mode; returns self."""
+        self.weight = float_module.weight
+        self.bias = float_module.bias
+        self.train(float_module.training)
+        return self
+
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
                               strict: bool, missing_keys: list[str], unexpected_keys: list[str],
                               error_msgs: list[str]) -> None:
@@ -143,10 +150,7 @@ class QuantConv2d(_QuantLayer, nn.Conv2d):
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
                     padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
                     padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype, **quant)
-        layer.weight = conv.weight
-        layer.bias = conv.bias
-        layer.train(conv.training)
-        return layer
+        return layer._adopt(conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Convolution of the quantized input with the quantized weight."""
@@ -167,10 +171,7 @@ class QuantLinear(_QuantLayer, nn.Linear):
         """A QuantLinear with the shape of ``linear`` that shares its weight and bias parameters."""
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
                     device=linear.weight.device, dtype=linear.weight.dtype, **quant)
-        layer.weight = linear.weight
-        layer.bias = linear.bias
-        layer.train(linear.training)
-        return layer
+        return layer._adopt(linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Linear map of the quantized input with the quantized weight."""
