@@ -21,11 +21,13 @@ from bitsmith.engine import (
     CONFIG_FILE,
     METRICS_FILE,
     TrainConfig,
-    build_datasets,
     build_model,
     evaluate_model,
     load_checkpoint,
+    load_split,
     require_run_dir,
+    save_run,
+    train,
 )
 from bitsmith.errors import CheckpointError
 
@@ -80,8 +82,8 @@ def _transform(name: str) -> Callable[..., nn.Module]:
 def build_run_model(run_dir: str | Path) -> tuple[nn.Module, TrainConfig, Any]:
     """The untrained model of a run (zoo model plus its recorded transforms), its TrainConfig and training data."""
     cfg_dict = read_config(run_dir)
-    cfg = train_config(run_dir)
-    train_ds, _ = build_datasets(cfg)
+    cfg = _config.from_dict(TrainConfig, cfg_dict["train"], where=f"{run_dir}/{CONFIG_FILE}")
+    train_ds = load_split(cfg, "train")
     model = build_model(cfg, train_ds)
     input_shape = (train_ds.in_channels, *train_ds.image_size)
     for step in cfg_dict.get("model_transforms", []):
@@ -103,13 +105,9 @@ def load_model(run_dir: str | Path) -> nn.Module:
 
 def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, float]:
     """Loss and accuracy of a run's trained model on one split of its dataset."""
-    from bitsmith import data
-
     model = load_model(run_dir)
     cfg = train_config(run_dir)
-    ds = data.get(cfg.dataset, cfg.data_root, split, image_size=cfg.image_size, normalize=cfg.normalize,
-                  val=cfg.val or split == "val")
-    return evaluate_model(model, ds, cfg.eval_batch_size, "cpu")
+    return evaluate_model(model, load_split(cfg, split), cfg.eval_batch_size, "cpu")
 
 
 def run_cost(run_dir: str | Path) -> Any:
@@ -142,8 +140,6 @@ def quantize_run(source: str | Path, qconfig: Any, out: str | Path, *, epochs: i
     """
     import dataclasses
 
-    from bitsmith import data
-    from bitsmith.engine import evaluate_model, save_run, train
     from bitsmith.quant import calibrate, quantize
 
     if read_config(source).get("model_transforms"):
@@ -152,8 +148,7 @@ def quantize_run(source: str | Path, qconfig: Any, out: str | Path, *, epochs: i
     cfg = dataclasses.replace(base, epochs=epochs, lr=lr, scheduler=scheduler, seed=seed,
                               num_threads=num_threads or base.num_threads)
     float_model = load_model(source)
-    split = {"image_size": cfg.image_size, "normalize": cfg.normalize, "val": cfg.val}
-    train_ds = data.get(cfg.dataset, cfg.data_root, "train", **split)
+    train_ds = load_split(cfg, "train")
     qmodel = quantize(float_model, qconfig, example_input_shape=(train_ds.in_channels, *train_ds.image_size))
     x, _ = train_ds.tensors()
     calibrate(qmodel, [x[i:i + cfg.batch_size] for i in range(0, len(x), cfg.batch_size)],
@@ -163,7 +158,6 @@ def quantize_run(source: str | Path, qconfig: Any, out: str | Path, *, epochs: i
                   "model_transforms": [{"name": "quantize", "config": qconfig.to_dict()}]}
     if not ptq:
         return train(cfg, out, model=qmodel, run_config=run_config, quiet=quiet).metrics
-    test = data.get(cfg.dataset, cfg.data_root, "test", **split)
-    scores = evaluate_model(qmodel, test, cfg.eval_batch_size, "cpu")
+    scores = evaluate_model(qmodel, load_split(cfg, "test"), cfg.eval_batch_size, "cpu")
     save_run(out, qmodel, run_config, [{"type": "eval", "epoch": 0, "split": "test", **scores}])
     return {"test_acc": scores["acc"], "test_loss": scores["loss"]}

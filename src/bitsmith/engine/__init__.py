@@ -3,7 +3,7 @@
 from bitsmith.engine.callbacks import Callback
 from bitsmith.engine.checkpoint import load_checkpoint, save_checkpoint
 from bitsmith.engine.config import TrainConfig
-from bitsmith.engine.run import TrainResult, build_datasets, build_model, save_run, train
+from bitsmith.engine.run import TrainResult, build_datasets, build_model, load_split, save_run, train
 from bitsmith.engine.trainer import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -22,5 +22,6 @@ __all__ = [
     "CHECKPOINT_FILE", "CONFIG_FILE", "METRICS_FILE", "Callback", "NonFiniteLossError", "TrainConfig", "TrainResult",
     "Trainer",
     "build_datasets", "build_model", "evaluate", "evaluate_model", "final_metrics", "is_run_dir", "load_checkpoint",
+    "load_split",
     "require_run_dir", "save_checkpoint", "save_run", "train",
 ]

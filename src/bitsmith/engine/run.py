@@ -29,15 +29,19 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def load_split(cfg: TrainConfig, split: str) -> Any:
+    """One split of ``cfg.dataset`` prepared as ``cfg`` says (size, normalisation, validation carve-out)."""
+    return data.get(cfg.dataset, cfg.data_root, split, image_size=cfg.image_size, normalize=cfg.normalize,
+                    val=cfg.val or split == "val")
+
+
 def build_datasets(cfg: TrainConfig) -> tuple[Dataset, dict[str, Dataset]]:
     """The training split and the evaluation splits (``val`` when ``cfg.val``, always ``test``) of ``cfg.dataset``."""
-    kwargs = {"image_size": cfg.image_size, "normalize": cfg.normalize, "val": cfg.val}
-    train_ds = data.get(cfg.dataset, cfg.data_root, "train", **kwargs)
     evals: dict[str, Dataset] = {}
     if cfg.val:
-        evals["val"] = data.get(cfg.dataset, cfg.data_root, "val", **kwargs)
-    evals["test"] = data.get(cfg.dataset, cfg.data_root, "test", **kwargs)
-    return train_ds, evals
+        evals["val"] = load_split(cfg, "val")
+    evals["test"] = load_split(cfg, "test")
+    return load_split(cfg, "train"), evals
 
 
 def build_model(cfg: TrainConfig, train_ds: Any) -> nn.Module:
