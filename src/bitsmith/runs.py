@@ -38,9 +38,16 @@ def _quantize_transform(model: nn.Module, config: dict[str, Any], input_shape: t
     return quantize(model, _config.from_dict(QConfig, config), example_input_shape=input_shape)
 
 
+def _directq_transform(model: nn.Module, config: dict[str, Any], input_shape: tuple[int, ...]) -> nn.Module:
+    from bitsmith.methods import directq
+
+    return directq.prepare(model, directq.DirectQConfig.from_dict(config), example_input_shape=input_shape)
+
+
 # transform name -> function (model, config dict, input shape) -> transformed model
 TRANSFORMS: dict[str, Callable[[nn.Module, dict[str, Any], tuple[int, ...]], nn.Module]] = {
     "quantize": _quantize_transform,
+    "directq": _directq_transform,
 }
 
 
@@ -161,3 +168,31 @@ def quantize_run(source: str | Path, qconfig: Any, out: str | Path, *, epochs: i
     scores = evaluate_model(qmodel, load_split(cfg, "test"), cfg.eval_batch_size, "cpu")
     save_run(out, qmodel, run_config, [{"type": "eval", "epoch": 0, "split": "test", **scores}])
     return {"test_acc": scores["acc"], "test_loss": scores["loss"]}
+
+
+def method_run(transform: str, config: Any, out: str | Path, *, source: str | Path | None = None,
+               base: TrainConfig | None = None, quiet: bool = False, **overrides: Any) -> dict[str, Any]:
+    """Train a model transformed by ``TRANSFORMS[transform]`` with ``config`` (a dataclass with ``to_dict``)
+    into a new run at ``out``; returns its final metrics.
+
+    The model is the trained float model of run ``source`` (its recipe is the base), or, without ``source``, a
+    fresh zoo model of ``base`` (training from scratch). ``overrides`` replace TrainConfig fields (epochs, lr,
+    ...). The run records the transform, so it re-builds, resumes (``bitsmith train --resume``) and reports.
+    """
+    import dataclasses
+
+    _transform(transform)
+    if source is not None:
+        if read_config(source).get("model_transforms"):
+            raise CheckpointError(f"{source} is already a transformed run; give a float run")
+        base = train_config(source)
+    elif base is None:
+        raise CheckpointError("method_run needs a source run or a base TrainConfig")
+    cfg = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    train_ds = load_split(cfg, "train")
+    model = load_model(source) if source is not None else build_model(cfg, train_ds)
+    input_shape = (train_ds.in_channels, *train_ds.image_size)
+    model = TRANSFORMS[transform](model, config.to_dict(), input_shape)
+    run_config = {"command": transform, "from": None if source is None else str(source),
+                  "train": _config.to_dict(cfg), "model_transforms": [{"name": transform, "config": config.to_dict()}]}
+    return train(cfg, out, model=model, run_config=run_config, quiet=quiet).metrics

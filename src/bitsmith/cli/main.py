@@ -24,6 +24,7 @@ _COMMAND_MODULES = (
     "bitsmith.cli.train",
     "bitsmith.cli.cost",
     "bitsmith.cli.quantize",
+    "bitsmith.cli.directq",
 )
 
 for _name in _COMMAND_MODULES:

@@ -1,0 +1,176 @@
+"""DirectQ vs the quantization core (LSQ, PACT) vs Brevitas, with DirectQ's ablations (issue 6).
+
+    bash benchmarks/setup.sh && .venv-bench/bin/python -m benchmarks.directq --models lenet5 --datasets digits
+
+Every conv and linear is quantized, first and last included, at W{b}A{b}, trained from scratch with the reference
+recipe of BENCHMARK_PROTOCOL.md (Adam lr 1e-3; digits: batch 64, 30 epochs; Fashion-MNIST: batch 128, 15
+epochs). Variants: FP32; core LSQ and PACT (per-channel weights); DirectQ with direct weights only
+(dq-weights), channel-aware activations only (dq-acts) and both (dq-both), one activation step size per tensor;
+Brevitas (Int8WeightPerChannelFloat weights, Uint8ActPerTensorFloat inputs of every conv/linear) at the same
+widths, trained by the same Trainer. Step time: interleaved in one process on identical batches, median,
+as a ratio to LSQ's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from benchmarks._common import ROOT, environment, mean_std, pm, update_section
+from bitsmith import _io, data, zoo
+from bitsmith.engine import TrainConfig, seeding, train
+from bitsmith.methods import directq
+from bitsmith.quant import QConfig, quantize
+
+SETTINGS = {"digits": {"epochs": 30, "batch_size": 64}, "fashion-mnist": {"epochs": 15, "batch_size": 128}}
+VARIANTS = ("fp32", "lsq", "pact", "dq-weights", "dq-acts", "dq-both", "brevitas")
+OUT = ROOT / "benchmarks" / "out" / "directq"
+
+
+def brevitas_model(model: nn.Module, bits: int) -> nn.Module:
+    """``model`` with every Conv2d/Linear swapped for its Brevitas layer, weight and input quantized at ``bits``."""
+    import brevitas.nn as qnn
+    from brevitas.quant import Int8WeightPerChannelFloat, Uint8ActPerTensorFloat
+
+    quant = {"weight_quant": Int8WeightPerChannelFloat, "weight_bit_width": bits,
+             "input_quant": Uint8ActPerTensorFloat, "input_bit_width": bits}
+    for name, module in list(model.named_children()):
+        if isinstance(module, nn.Conv2d):
+            layer = qnn.QuantConv2d(module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
+                                    padding=module.padding, groups=module.groups, bias=module.bias is not None,
+                                    **quant)
+        elif isinstance(module, nn.Linear):
+            layer = qnn.QuantLinear(module.in_features, module.out_features, bias=module.bias is not None, **quant)
+        else:
+            brevitas_model(module, bits)
+            continue
+        layer.load_state_dict(module.state_dict(), strict=False)
+        setattr(model, name, layer)
+    return model
+
+
+def build(variant: str, model_name: str, ds, bits: int, seed: int) -> nn.Module:
+    """A freshly initialised (seeded) model for one variant."""
+    seeding.seed_everything(seed)
+    shape = (ds.in_channels, *ds.image_size)
+    model = zoo.create_model(model_name, ds.num_classes, ds.in_channels, tuple(ds.image_size))
+    if variant == "fp32":
+        return model
+    if variant in ("lsq", "pact"):
+        return quantize(model, QConfig(weight_bits=bits, act_bits=bits, first_last_bits=None, method=variant),
+                        example_input_shape=shape)
+    if variant.startswith("dq-"):
+        cfg = directq.DirectQConfig.ablation(variant[3:], weight_bits=bits, act_bits=bits, first_last_bits=None,
+                                             seed=seed)
+        return directq.prepare(model, cfg, example_input_shape=shape)
+    if variant == "brevitas":
+        return brevitas_model(model, bits)
+    raise ValueError(f"unknown variant {variant!r}; accepted: {', '.join(VARIANTS)}")
+
+
+def accuracy_run(model_name: str, dataset: str, variant: str, bits: int, seed: int, out: Path,
+                 threads: int = 2) -> dict:
+    """Train one (model, dataset, variant, bits, seed) with the reference recipe; cached as JSON in ``out``."""
+    tag = "fp32" if variant == "fp32" else f"{variant}-w{bits}a{bits}"
+    path = out / f"{model_name}-{dataset}-{tag}-s{seed}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    cfg = TrainConfig(model=model_name, dataset=dataset, seed=seed, num_threads=threads, **SETTINGS[dataset])
+    ds = data.get(dataset, split="train")
+    t0 = time.perf_counter()
+    result = train(cfg, model=build(variant, model_name, ds, bits, seed), quiet=True)
+    row = {"model": model_name, "dataset": dataset, "variant": variant, "bits": bits, "seed": seed,
+           "test_acc": result.metrics["test_acc"], "wall_s": time.perf_counter() - t0}
+    _io.write_json(path, row)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def step_times(model_name: str, dataset: str, bits: int, variants: list[str], rounds: int = 5,
+               steps: int = 10) -> dict[str, float]:
+    """Median train-step time (ms) of each variant, interleaved in this process on identical batches."""
+    ds = data.get(dataset, split="train")
+    x, y = ds.tensors()
+    batch = SETTINGS[dataset]["batch_size"]
+    models = {v: build(v, model_name, ds, bits, 0).train() for v in variants}
+    opts = {v: torch.optim.Adam(m.parameters(), lr=1e-3) for v, m in models.items()}
+    loss_fn = nn.CrossEntropyLoss()
+    times: dict[str, list[float]] = {v: [] for v in models}
+
+    def step(v: str, i: int) -> float:
+        start = i * batch % (len(x) - batch)
+        xb, yb = x[start:start + batch], y[start:start + batch]
+        t0 = time.perf_counter()
+        opts[v].zero_grad(set_to_none=True)
+        loss_fn(models[v](xb), yb).backward()
+        opts[v].step()
+        return time.perf_counter() - t0
+
+    for v in models:
+        for i in range(3):
+            step(v, i)
+    for r in range(rounds):
+        for v in models:
+            times[v] += [step(v, r * steps + i) for i in range(steps)]
+    return {v: 1000 * statistics.median(t) for v, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="lenet5,resnet20")
+    parser.add_argument("--datasets", default="digits,fashion-mnist")
+    parser.add_argument("--bits", default="2,3,4")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--no-write", action="store_true", help="print the table, leave BENCHMARKS.md alone")
+    parser.add_argument("--runs-only", action="store_true", help="train (and cache) the runs; no timing, no table")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of each training run")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    import brevitas
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    variants = args.variants.split(",")
+    lines = [
+        "## DirectQ vs LSQ / PACT (core) vs Brevitas",
+        "",
+        f"Measured {environment()}, brevitas {brevitas.__version__}. " + " ".join(__doc__.split("\n\n")[2].split()),
+        "",
+        f"Command: `bash benchmarks/setup.sh && .venv-bench/bin/python -m benchmarks.directq --models {args.models} "
+        f"--datasets {args.datasets} --bits {args.bits} --seeds {args.seeds}`",
+        "",
+        "| model | dataset | W/A | variant | seeds | test accuracy (%) | Δ vs LSQ (pt) | step / LSQ |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    grid = [(m, d, int(b)) for m in args.models.split(",") for d in args.datasets.split(",")
+            for b in args.bits.split(",")]
+    accs_of = {(m, d, b): {v: [accuracy_run(m, d, v, b, s, args.out, args.threads)["test_acc"] for s in seeds]
+                           for v in variants} for m, d, b in grid}
+    if args.runs_only:
+        return
+    torch.set_num_threads(2)
+    for model_name, dataset, bits in grid:
+        timed = [v for v in variants if v != "fp32"]
+        timing = step_times(model_name, dataset, bits, timed) if "lsq" in timed else {}
+        accs = accs_of[(model_name, dataset, bits)]
+        ref = mean_std(accs["lsq"])[0] if "lsq" in accs else None
+        for v in variants:
+            delta = f"{100 * (mean_std(accs[v])[0] - ref):+.2f}" if ref is not None else "–"
+            ratio = f"{timing[v] / timing['lsq']:.2f}×" if v in timing else "–"
+            lines.append(f"| {model_name} | {dataset} | {bits}/{bits} | {v} | {len(seeds)} | {pm(accs[v])} "
+                         f"| {delta} | {ratio} |")
+    lines += ["", "± is the sample standard deviation over seeds."]
+    table = "\n".join(lines)
+    if not args.no_write:
+        update_section("directq", table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

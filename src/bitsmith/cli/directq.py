@@ -1,0 +1,70 @@
+"""``bitsmith directq``: DirectQ training, fine-tuning a float run (--from) or from scratch (--model/--dataset)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from bitsmith.cli._common import check_writable_out, console, percent
+from bitsmith.engine import distributed
+from bitsmith.errors import BitsmithError
+
+
+def directq_cmd(
+    source: Path | None = typer.Option(None, "--from", help="float run to fine-tune (absent: train from scratch)"),
+    model: str = typer.Option("lenet5", help="zoo model, from scratch only"),
+    dataset: str = typer.Option("digits", help="dataset, from scratch only"),
+    data_root: Path | None = typer.Option(None, help="folder holding the dataset's files, from scratch only"),
+    wbits: int = typer.Option(2, help="weight bit width (2..8, 16)"),
+    abits: int = typer.Option(2, help="activation bit width (2..8, 16)"),
+    first_last_bits: int = typer.Option(8, help="bit width of the first and last layers (0 = same as the rest)"),
+    per_channel: bool = typer.Option(True, "--per-channel/--per-layer", help="weight levels per output channel"),
+    ideas: str = typer.Option("both", help="ablation: both | weights (direct weights only) | acts (channel-aware "
+                                           "activations only) | none (core LSQ)"),
+    step_gain: float = typer.Option(1.0, help="gain on each proposed weight step before it is rounded to a level"),
+    act_loss_weight: float = typer.Option(0.1, help="weight of the channel-aware activation objective"),
+    act_trim: float = typer.Option(0.25, help="fraction of worst channels the activation objective ignores"),
+    epochs: int | None = typer.Option(None, help="epochs (default: 10 from a run, 30 from scratch)"),
+    lr: float | None = typer.Option(None, help="learning rate (default: 1e-4 from a run, 1e-3 from scratch)"),
+    batch_size: int | None = typer.Option(None, help="batch size (default: the source run's, or 64)"),
+    scheduler: str | None = typer.Option(None, help="none | cosine | step (default: cosine from a run, none "
+                                                    "from scratch)"),
+    seed: int = typer.Option(0, help="random seed (training and stochastic rounding)"),
+    threads: int | None = typer.Option(None, help="torch CPU threads"),
+    out: Path = typer.Option(..., help="run directory to write"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Train a low-bit model with DirectQ: quantized weights updated directly on learnable levels, and
+    activation step sizes fitted to the majority of channels."""
+    from bitsmith import runs
+    from bitsmith.cli.train import _check_names
+    from bitsmith.engine import TrainConfig
+    from bitsmith.methods.directq import DirectQConfig
+
+    cfg = DirectQConfig.ablation(ideas, weight_bits=wbits, act_bits=abits, first_last_bits=first_last_bits or None,
+                                 per_channel=per_channel, step_gain=step_gain, act_loss_weight=act_loss_weight,
+                                 act_trim=act_trim, seed=seed)
+    if source is None:
+        _check_names(model, dataset)
+        base = TrainConfig(model=model, dataset=dataset, data_root=str(data_root) if data_root else None, seed=seed)
+        defaults = {"epochs": 30, "lr": 1e-3, "scheduler": "none"}
+    else:
+        if not source.is_dir():
+            raise BitsmithError(f"--from {source}: no such run directory")
+        base = None
+        defaults = {"epochs": 10, "lr": 1e-4, "scheduler": "cosine"}
+    check_writable_out(out)
+    metrics = runs.method_run("directq", cfg, out, source=source, base=base, quiet=quiet, seed=seed,
+                              num_threads=threads, batch_size=batch_size, epochs=epochs or defaults["epochs"],
+                              lr=lr or defaults["lr"], scheduler=scheduler or defaults["scheduler"])
+    if distributed.is_main():
+        runs.write_run_report(out)
+        console.print(f"DirectQ W{wbits}A{abits} ({ideas}): test accuracy {percent(metrics['test_acc'])}  "
+                      f"run directory: {out}")
+    distributed.shutdown()
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``bitsmith directq``."""
+    app.command("directq")(directq_cmd)
