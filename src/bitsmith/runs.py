@@ -20,6 +20,7 @@ from bitsmith.engine import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     METRICS_FILE,
+    Callback,
     TrainConfig,
     build_model,
     evaluate_model,
@@ -44,10 +45,27 @@ def _directq_transform(model: nn.Module, config: dict[str, Any], input_shape: tu
     return directq.prepare(model, directq.DirectQConfig.from_dict(config), example_input_shape=input_shape)
 
 
+def _cgmq_transform(model: nn.Module, config: dict[str, Any], input_shape: tuple[int, ...]) -> nn.Module:
+    from bitsmith.methods import cgmq
+
+    return cgmq.prepare(model, cgmq.CGMQConfig.from_dict(config), input_shape)
+
+
+def _cgmq_callbacks(model: nn.Module, config: dict[str, Any], input_shape: tuple[int, ...]) -> list[Callback]:
+    from bitsmith.methods import cgmq
+
+    return [cgmq.CGMQCallback(model, cgmq.CGMQConfig.from_dict(config), input_shape)]
+
+
 # transform name -> function (model, config dict, input shape) -> transformed model
 TRANSFORMS: dict[str, Callable[[nn.Module, dict[str, Any], tuple[int, ...]], nn.Module]] = {
     "quantize": _quantize_transform,
     "directq": _directq_transform,
+    "cgmq": _cgmq_transform,
+}
+# transform name -> function (transformed model, config dict, input shape) -> the callbacks its training needs
+CALLBACKS: dict[str, Callable[[nn.Module, dict[str, Any], tuple[int, ...]], list[Callback]]] = {
+    "cgmq": _cgmq_callbacks,
 }
 
 
@@ -98,6 +116,18 @@ def build_run_model(run_dir: str | Path) -> tuple[nn.Module, TrainConfig, Any]:
     return model, cfg, train_ds
 
 
+def run_callbacks(run_dir: str | Path, model: nn.Module) -> list[Callback]:
+    """The callbacks the run's transforms need to train ``model`` (its rebuilt model), e.g. to resume it."""
+    cfg_dict = read_config(run_dir)
+    train_ds = load_split(train_config(run_dir), "train")
+    input_shape = (train_ds.in_channels, *train_ds.image_size)
+    callbacks: list[Callback] = []
+    for step in cfg_dict.get("model_transforms", []):
+        if step["name"] in CALLBACKS:
+            callbacks += CALLBACKS[step["name"]](model, step.get("config", {}), input_shape)
+    return callbacks
+
+
 def load_model(run_dir: str | Path) -> nn.Module:
     """The trained model of a run, rebuilt from its config and loaded from its checkpoint (data only, no code)."""
     model, _, _ = build_run_model(run_dir)
@@ -133,7 +163,27 @@ def write_run_report(run_dir: str | Path) -> Path:
     """Write the run's ``report.md``: metrics, learning curves and the per-layer cost table."""
     from bitsmith.report import cost_markdown, write_report
 
-    return write_report(run_dir, sections=[("Cost per sample (per layer)", cost_markdown(run_cost(run_dir)))])
+    sections = [("Cost per sample (per layer)", cost_markdown(run_cost(run_dir)))]
+    sections += _bound_sections(Path(run_dir))
+    return write_report(run_dir, sections=sections)
+
+
+def _bound_sections(run_dir: Path) -> list[tuple[str, str]]:
+    """Report sections of a run trained under a BOP bound: bound vs achieved, projection, learned widths."""
+    last = next((r for r in reversed(read_metrics(run_dir)) if r.get("type") == "epoch" and "bops_bound" in r), None)
+    if last is None:
+        return []
+    met = "met" if last["bops"] <= last["bops_bound"] else "NOT met"
+    lines = [f"BOP bound {last['bops_bound']:.6g} per sample; final model {last['bops']:.6g} BOPs: bound {met}."]
+    projected = last.get("projected_gates", 0)
+    lines.append(f"Training ended above the bound; the final projection switched off {projected} gate(s)."
+                 if projected else "Training ended within the bound; no projection was needed.")
+    for name, title in (("bops_trajectory.png", "BOPs over training"), ("bits_chart.png", "Learned bit widths")):
+        if (run_dir / name).exists():
+            lines.append(f"\n![{title}]({name})")
+    if (run_dir / "bits.json").exists():
+        lines.append("\nThe learned widths are in `bits.json` (per output channel, the widest of its weights).")
+    return [("BOP bound", "\n".join(lines))]
 
 
 def quantize_run(source: str | Path, qconfig: Any, out: str | Path, *, epochs: int = 10, lr: float = 1e-4,
@@ -193,6 +243,7 @@ def method_run(transform: str, config: Any, out: str | Path, *, source: str | Pa
     model = load_model(source) if source is not None else build_model(cfg, train_ds)
     input_shape = (train_ds.in_channels, *train_ds.image_size)
     model = TRANSFORMS[transform](model, config.to_dict(), input_shape)
+    callbacks = CALLBACKS[transform](model, config.to_dict(), input_shape) if transform in CALLBACKS else []
     run_config = {"command": transform, "from": None if source is None else str(source),
                   "train": _config.to_dict(cfg), "model_transforms": [{"name": transform, "config": config.to_dict()}]}
-    return train(cfg, out, model=model, run_config=run_config, quiet=quiet).metrics
+    return train(cfg, out, model=model, run_config=run_config, callbacks=callbacks, quiet=quiet).metrics

@@ -25,6 +25,7 @@ _COMMAND_MODULES = (
     "bitsmith.cli.cost",
     "bitsmith.cli.quantize",
     "bitsmith.cli.directq",
+    "bitsmith.cli.cgmq",
 )
 
 for _name in _COMMAND_MODULES:

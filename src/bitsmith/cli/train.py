@@ -26,7 +26,8 @@ def run_training(cfg: TrainConfig, out: Path, quiet: bool, resume: bool = False)
 
     if resume:
         model, cfg, _ = runs.build_run_model(out)
-        result = train(cfg, out, model=model, run_config=runs.read_config(out), quiet=quiet, resume=True)
+        result = train(cfg, out, model=model, run_config=runs.read_config(out), quiet=quiet, resume=True,
+                       callbacks=runs.run_callbacks(out, model))
     else:
         check_writable_out(out)
         result = train(cfg, out, quiet=quiet)

@@ -15,7 +15,8 @@ class Callback:
     """Base class; override only the hooks you need. Order of a step:
 
     ``before_step`` → forward → loss + ``extra_loss`` terms → backward → ``after_backward`` → grad clip →
-    optimizer step → ``after_step``. Per epoch: ``on_epoch_start`` … ``after_epoch`` (after evaluation).
+    optimizer step → ``after_step``. Per epoch: ``on_epoch_start`` … ``after_train_epoch`` (last step done,
+    before evaluation) … ``after_epoch`` (after evaluation, before the checkpoint).
     State returned by ``state_dict`` is saved in every checkpoint and restored on resume.
     """
 
@@ -41,6 +42,9 @@ class Callback:
 
     def after_step(self, trainer: Trainer, step: int, loss: float) -> None:
         """Called after each optimizer step with the global step index and the batch loss."""
+
+    def after_train_epoch(self, trainer: Trainer, epoch: int) -> None:
+        """Called after an epoch's last training step, before it is evaluated (e.g. to finalise the model)."""
 
     def after_epoch(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
         """Called after each epoch's evaluation; entries added to ``metrics`` are logged with the epoch record."""

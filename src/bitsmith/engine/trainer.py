@@ -234,6 +234,8 @@ class Trainer:
                 indices = torch.tensor(list(sampler), dtype=torch.long)
                 batches = [indices[i:i + per_rank_batch] for i in range(0, len(indices), per_rank_batch)]
                 record = self._train_epoch(epoch, x_all, y_all, batches, bar)
+                for cb in self.callbacks:
+                    cb.after_train_epoch(self, epoch)
                 evals = []
                 merged = dict(record)
                 for name, data in self.eval_data.items():

@@ -1,0 +1,73 @@
+"""``bitsmith cgmq``: learned mixed precision under a BOP bound, from a float run (--from) or from scratch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from bitsmith.cli._common import check_writable_out, console, percent
+from bitsmith.engine import distributed
+from bitsmith.errors import BitsmithError
+
+
+def cgmq_cmd(
+    source: Path | None = typer.Option(None, "--from", help="float run to start from (absent: train from scratch)"),
+    model: str = typer.Option("lenet5", help="zoo model, from scratch only"),
+    dataset: str = typer.Option("digits", help="dataset, from scratch only"),
+    data_root: Path | None = typer.Option(None, help="folder holding the dataset's files, from scratch only"),
+    bop_budget: float = typer.Option(..., help="BOP bound: a fraction of the --relative-to model's BOPs, or BOPs "
+                                               "per sample with --relative-to absolute"),
+    relative_to: str = typer.Option("w8a8", help="w8a8 | fp32 | absolute"),
+    granularity: str = typer.Option("channel", help="weight gates per layer | channel | weight"),
+    bits: str = typer.Option("2,4,8,16,32", help="nested bit widths the gates choose from, increasing"),
+    gate_lr: float = typer.Option(1e-2, help="learning rate of the gates"),
+    factor: float = typer.Option(2.0, help="CGGD factor (> 1): constraint direction norm / loss gradient norm"),
+    epochs: int | None = typer.Option(None, help="epochs (default: 10 from a run, 30 from scratch)"),
+    lr: float | None = typer.Option(None, help="learning rate (default: 1e-4 from a run, 1e-3 from scratch)"),
+    batch_size: int | None = typer.Option(None, help="batch size (default: the source run's, or 64)"),
+    scheduler: str | None = typer.Option(None, help="none | cosine | step (default: cosine from a run, none "
+                                                    "from scratch)"),
+    seed: int = typer.Option(0, help="random seed"),
+    threads: int | None = typer.Option(None, help="torch CPU threads"),
+    out: Path = typer.Option(..., help="run directory to write"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Learn per-layer / per-channel / per-weight bit widths under a BOP bound (CGMQ) in one training run; the
+    final model is guaranteed to meet the bound."""
+    from bitsmith import runs
+    from bitsmith.cli.train import _check_names
+    from bitsmith.engine import TrainConfig
+    from bitsmith.methods.cgmq import CGMQConfig
+
+    try:
+        widths = [int(b) for b in bits.split(",")]
+    except ValueError:
+        raise BitsmithError(f"--bits {bits!r}: expected comma-separated integers such as 2,4,8,16,32") from None
+    cfg = CGMQConfig(bop_budget=bop_budget, relative_to=relative_to, granularity=granularity, bits=widths,
+                     gate_lr=gate_lr, factor=factor)
+    if source is None:
+        _check_names(model, dataset)
+        base = TrainConfig(model=model, dataset=dataset, data_root=str(data_root) if data_root else None, seed=seed)
+        defaults = {"epochs": 30, "lr": 1e-3, "scheduler": "none"}
+    else:
+        if not source.is_dir():
+            raise BitsmithError(f"--from {source}: no such run directory")
+        base = None
+        defaults = {"epochs": 10, "lr": 1e-4, "scheduler": "cosine"}
+    check_writable_out(out)
+    metrics = runs.method_run("cgmq", cfg, out, source=source, base=base, quiet=quiet, seed=seed,
+                              num_threads=threads, batch_size=batch_size, epochs=epochs or defaults["epochs"],
+                              lr=lr or defaults["lr"], scheduler=scheduler or defaults["scheduler"])
+    if distributed.is_main():
+        runs.write_run_report(out)
+        note = (f"; projection switched off {metrics['projected_gates']} gate(s)" if metrics["projected_gates"]
+                else "")
+        console.print(f"CGMQ: test accuracy {percent(metrics['test_acc'])}, {metrics['bops']:.4g} BOPs (bound "
+                      f"{metrics['bops_bound']:.4g}{note})  run directory: {out}")
+    distributed.shutdown()
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``bitsmith cgmq``."""
+    app.command("cgmq")(cgmq_cmd)

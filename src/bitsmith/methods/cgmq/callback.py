@@ -1,0 +1,141 @@
+"""CGMQ's training hook: the CGGD constraint direction on the gates, the BOPs trajectory, the final projection
+and the run's artifacts (bits.json, bit-width chart, BOPs trajectory plot)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from bitsmith.engine import Callback
+from bitsmith.engine import distributed as dist
+from bitsmith.methods.cgmq.config import CGMQConfig
+from bitsmith.methods.cgmq.constraint import BopConstraint, gate_parameters, gated_layers
+
+if TYPE_CHECKING:
+    from bitsmith.engine.trainer import Trainer
+
+BITS_FILE = "bits.json"
+BITS_CHART = "bits_chart.png"
+TRAJECTORY_PLOT = "bops_trajectory.png"
+
+
+class CGMQCallback(Callback):
+    """Constraint Guided Gradient Descent on the gates of a CGMQ model.
+
+    After each backward pass, if the exact BOPs (hard gates) exceed the bound, the gates' gradient gets the
+    direction that lowers the (straight-through) BOPs, scaled to ``factor`` times the norm of the loss gradient
+    on the gates; within the bound it adds nothing. After the last training step, a deterministic projection
+    switches off the least useful refinements if the bound is still exceeded.
+    """
+
+    def __init__(self, model: nn.Module, config: CGMQConfig, input_shape: Sequence[int]) -> None:
+        self.config = config
+        self.constraint = BopConstraint(model, input_shape, config)
+        self.gates = gate_parameters(model)
+        self.trajectory: list[float] = []
+        self.current = float(self.constraint.bops())
+        self.projected = 0
+
+    @property
+    def bound(self) -> float:
+        """The BOP bound per sample."""
+        return self.constraint.bound
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """The gates train with their own learning rate and no weight decay."""
+        return [{"params": self.gates, "lr": self.config.gate_lr, "weight_decay": 0.0}]
+
+    def after_backward(self, trainer: Trainer) -> None:
+        """Add the constraint direction to the gates' gradient while the bound is violated."""
+        with torch.no_grad():
+            self.current = float(self.constraint.bops())
+        if self.current <= self.bound:
+            return
+        soft = self.constraint.bops(ste=True)
+        directions = torch.autograd.grad(soft, self.gates, allow_unused=True)
+        loss_grads = [g.grad if g.grad is not None else torch.zeros_like(g) for g in self.gates]
+        loss_norm = torch.sqrt(sum((g.double() ** 2).sum() for g in loss_grads))
+        dir_norm = torch.sqrt(sum((d.double() ** 2).sum() for d in directions if d is not None))
+        if float(dir_norm) == 0.0:
+            return
+        magnitude = self.config.factor * max(float(loss_norm), 1e-12) / float(dir_norm)
+        for gate, grad, direction in zip(self.gates, loss_grads, directions, strict=True):
+            if direction is not None:
+                gate.grad = grad + magnitude * direction.to(grad.dtype)
+
+    def after_step(self, trainer: Trainer, step: int, loss: float) -> None:
+        """Record the exact BOPs the step was taken at."""
+        self.trajectory.append(self.current)
+
+    def after_train_epoch(self, trainer: Trainer, epoch: int) -> None:
+        """After the last step: project onto the bound if training ended above it."""
+        if epoch == trainer.config.epochs - 1:
+            self.projected += self.constraint.project()
+            self.current = float(self.constraint.bops())
+
+    def after_epoch(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
+        """Log the exact BOPs, the bound and (last epoch) whether the projection was needed."""
+        metrics["bops"] = float(self.constraint.bops())
+        metrics["bops_bound"] = self.bound
+        metrics["bound_met"] = metrics["bops"] <= self.bound
+        if epoch == trainer.config.epochs - 1:
+            metrics["projected_gates"] = self.projected
+
+    def on_fit_end(self, trainer: Trainer, result: dict[str, Any]) -> None:
+        """Final BOPs in the result; bits.json, the bit-width chart and the trajectory plot in the run."""
+        result.update(bops=float(self.constraint.bops()), bops_bound=self.bound, projected_gates=self.projected,
+                      min_bops=self.constraint.min_bops)
+        result["bound_met"] = result["bops"] <= self.bound
+        if trainer.out_dir is not None and dist.is_main():
+            write_artifacts(self.constraint.model, Path(trainer.out_dir), self.trajectory, self.bound)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"trajectory": list(self.trajectory), "projected": self.projected}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.trajectory = [float(v) for v in state.get("trajectory", [])]
+        self.projected = int(state.get("projected", 0))
+
+
+def write_artifacts(model: nn.Module, out: Path, trajectory: Sequence[float], bound: float) -> None:
+    """bits.json (the learned widths, per channel the widest), the bit-width chart and the BOPs trajectory."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bitsmith import _io
+    from bitsmith.quant import bits_assignment
+
+    bits_assignment(model).save(out / BITS_FILE)
+    layers = list(gated_layers(model))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(layers) + 2), 3.6))
+    for i, (_, layer) in enumerate(layers):
+        width = layer.weight_quant.bit_width(ste=False).detach().reshape(-1).float()
+        jitter = torch.linspace(-0.25, 0.25, width.numel()) if width.numel() > 1 else torch.zeros(1)
+        ax.scatter((i + jitter).tolist(), width.tolist(), s=6, alpha=0.5, color="tab:blue",
+                   label="weights" if i == 0 else None)
+        ax.scatter([i], [float(layer.act_quant.bit_width(ste=False))], marker="_", s=300, color="tab:red",
+                   label="input activation" if i == 0 else None)
+    ax.set_xticks(range(len(layers)), [n for n, _ in layers], rotation=45, ha="right", fontsize=7)
+    ax.set_yscale("log", base=2)
+    ax.set_ylabel("bits")
+    ax.set_title("Learned bit widths per layer (each dot: one weight group)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _io.savefig(out / BITS_CHART, fig, dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.plot(range(1, len(trajectory) + 1), trajectory, lw=1, label="BOPs (hard gates)")
+    ax.axhline(bound, color="tab:red", ls="--", label="bound")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("BOPs per sample")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _io.savefig(out / TRAJECTORY_PLOT, fig, dpi=120)
+    plt.close(fig)

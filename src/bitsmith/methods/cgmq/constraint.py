@@ -1,0 +1,86 @@
+"""The BOP constraint of a CGMQ model: its bound, its exact (hard-gate) and differentiable BOPs, and the final
+projection that guarantees the bound."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from bitsmith.cost import DifferentiableCost
+from bitsmith.errors import ConfigError
+from bitsmith.graph import trace
+from bitsmith.methods.cgmq.config import CGMQConfig
+from bitsmith.methods.cgmq.gates import GatedQuantizer
+from bitsmith.quant import QuantConv2d, QuantLinear
+
+#: Value a gate is set to when the projection switches it off.
+OFF = -1e-3
+
+
+def gated_layers(model: nn.Module) -> Iterator[tuple[str, QuantConv2d | QuantLinear]]:
+    """(name, layer) of every conv/linear whose weight quantizer is gated."""
+    for name, module in model.named_modules():
+        if isinstance(module, (QuantConv2d, QuantLinear)) and isinstance(module.weight_quant, GatedQuantizer):
+            yield name, module
+
+
+def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every gate tensor of a CGMQ model."""
+    return [m.gates for m in model.modules() if isinstance(m, GatedQuantizer)]
+
+
+class BopConstraint:
+    """BOPs of ``model`` (a CGMQ model) as a function of its gates, and the bound ``config`` sets on them."""
+
+    def __init__(self, model: nn.Module, input_shape: Sequence[int], config: CGMQConfig) -> None:
+        self.model = model
+        self.cost = DifferentiableCost(trace(model, input_shape))
+        self.layers = dict(gated_layers(model))
+        missing = [n for n in self.cost.layer_names if n not in self.layers]
+        if missing:
+            raise ConfigError(f"CGMQ: layer(s) {', '.join(missing)} are not gated; build the model with "
+                              "cgmq.prepare")
+        self.min_bops = self.uniform(config.bits[0])
+        reference = {"w8a8": 8, "fp32": 32}.get(config.relative_to)
+        self.bound = config.bop_budget * (self.uniform(reference) if reference else 1.0)
+        if self.bound < self.min_bops:
+            raise ConfigError(f"BOP bound {self.bound:.6g} is below the cheapest configuration the gates can "
+                              f"reach ({self.min_bops:.6g} BOPs, every layer at {config.bits[0]}/{config.bits[0]} "
+                              "bits); raise the budget")
+
+    def uniform(self, bits: int) -> float:
+        """BOPs with every layer at ``bits``/``bits``."""
+        names = self.cost.layer_names
+        return float(self.cost.bops({n: bits for n in names}, {n: bits for n in names}))
+
+    def bops(self, ste: bool = False, threshold: float = 0.0) -> torch.Tensor:
+        """BOPs per sample at the current gates (exact with ``ste=False``; with gate gradients otherwise)."""
+        w = {n: layer.weight_quant.bit_width(ste, threshold) for n, layer in self.layers.items()}
+        a = {n: layer.act_quant.bit_width(ste, threshold) for n, layer in self.layers.items()}
+        return self.cost.bops(w, a)
+
+    @torch.no_grad()
+    def project(self) -> int:
+        """If the exact BOPs exceed the bound, switch off the gates with the smallest values (the least useful
+        refinements) until they do not; deterministic. Returns the number of gates switched off."""
+        if float(self.bops()) <= self.bound:
+            return 0
+        gates = gate_parameters(self.model)
+        values = torch.cat([g.detach().reshape(-1) for g in gates])
+        candidates = torch.unique(values[values > 0])  # sorted
+        lo, hi = 0, len(candidates) - 1  # switching off everything up to candidates[-1] reaches min_bops
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if float(self.bops(threshold=float(candidates[mid]))) <= self.bound:
+                hi = mid
+            else:
+                lo = mid + 1
+        threshold = float(candidates[lo])
+        switched = 0
+        for g in gates:
+            mask = (g > 0) & (g <= threshold)
+            switched += int(mask.sum())
+            g.masked_fill_(mask, OFF)
+        return switched
