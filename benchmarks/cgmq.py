@@ -1,0 +1,103 @@
+"""CGMQ under BOP bounds equal to the uniform W8A8 / W4A4 / W2A2 BOPs vs uniform LSQ at those widths (issue 7).
+
+    bash benchmarks/setup.sh && .venv-bench/bin/python -m benchmarks.cgmq --models lenet5 --datasets digits
+
+Both train from scratch with the reference recipe of BENCHMARK_PROTOCOL.md (Adam lr 1e-3; digits: batch 64,
+30 epochs; Fashion-MNIST: batch 128, 15 epochs), every conv and linear quantized, first and last included.
+CGMQ: per-output-channel weight gates, per-layer activation gates, widths 2/4/8/16/32, gate lr 1e-2, CGGD
+factor 2, all gates on at the start (32/32 bits). Uniform LSQ: the same runs as the DirectQ benchmark's "lsq"
+rows (benchmarks/out/directq cache). BOPs are per sample, counted by bitsmith.cost on the final hard gates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks._common import ROOT, environment, mean_std, pm, update_section
+from benchmarks.directq import OUT as LSQ_OUT
+from benchmarks.directq import SETTINGS
+from benchmarks.directq import accuracy_run as uniform_run
+from bitsmith import _io, data, zoo
+from bitsmith.engine import TrainConfig, seeding, train
+from bitsmith.methods import cgmq
+
+BOUNDS = {"w8a8": (1.0, 8), "w4a4": (0.25, 4), "w2a2": (0.0625, 2)}  # budget relative to W8A8, uniform width
+OUT = ROOT / "benchmarks" / "out" / "cgmq"
+
+
+def cgmq_run(model_name: str, dataset: str, bound: str, seed: int, out: Path, threads: int) -> dict:
+    """Train CGMQ at one bound and seed (cached as JSON in ``out``)."""
+    path = out / f"{model_name}-{dataset}-{bound}-s{seed}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    ds = data.get(dataset, split="train")
+    shape = (ds.in_channels, *ds.image_size)
+    seeding.seed_everything(seed)
+    model = zoo.create_model(model_name, ds.num_classes, ds.in_channels, tuple(ds.image_size))
+    config = cgmq.CGMQConfig(bop_budget=BOUNDS[bound][0], relative_to="w8a8", granularity="channel")
+    qmodel = cgmq.prepare(model, config, shape)
+    callback = cgmq.CGMQCallback(qmodel, config, shape)
+    cfg = TrainConfig(model=model_name, dataset=dataset, seed=seed, num_threads=threads, **SETTINGS[dataset])
+    t0 = time.perf_counter()
+    metrics = train(cfg, model=qmodel, callbacks=[callback], quiet=True).metrics
+    row = {"model": model_name, "dataset": dataset, "bound": bound, "seed": seed, "test_acc": metrics["test_acc"],
+           "bops": metrics["bops"], "bops_bound": metrics["bops_bound"], "bound_met": metrics["bound_met"],
+           "projected_gates": metrics["projected_gates"], "wall_s": time.perf_counter() - t0}
+    _io.write_json(path, row)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="lenet5,resnet20")
+    parser.add_argument("--datasets", default="digits,fashion-mnist")
+    parser.add_argument("--bounds", default="w8a8,w4a4,w2a2")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of each training run")
+    parser.add_argument("--no-write", action="store_true", help="print the table, leave BENCHMARKS.md alone")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    lines = [
+        "## CGMQ: learned mixed precision under a BOP bound vs uniform LSQ at the same BOPs",
+        "",
+        f"Measured {environment()}. " + " ".join(__doc__.split("\n\n")[2].split()),
+        "",
+        f"Command: `bash benchmarks/setup.sh && .venv-bench/bin/python -m benchmarks.cgmq --models {args.models} "
+        f"--datasets {args.datasets} --bounds {args.bounds} --seeds {args.seeds}`",
+        "",
+        "| model | dataset | bound (= uniform BOPs) | seeds | CGMQ accuracy (%) | uniform LSQ accuracy (%) | "
+        "Δ (pt) | CGMQ BOPs / bound | bound met | runs projected |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for model_name in args.models.split(","):
+        for dataset in args.datasets.split(","):
+            for bound in args.bounds.split(","):
+                width = BOUNDS[bound][1]
+                rows = [cgmq_run(model_name, dataset, bound, s, args.out, args.threads) for s in seeds]
+                uniform = [uniform_run(model_name, dataset, "lsq", width, s, LSQ_OUT, args.threads)["test_acc"]
+                           for s in seeds]
+                acc = [r["test_acc"] for r in rows]
+                ratio = max(r["bops"] / r["bops_bound"] for r in rows)
+                met = sum(r["bound_met"] for r in rows)
+                projected = sum(r["projected_gates"] > 0 for r in rows)
+                delta = 100 * (mean_std(acc)[0] - mean_std(uniform)[0])
+                lines.append(f"| {model_name} | {dataset} | {bound.upper()} | {len(seeds)} | {pm(acc)} | {pm(uniform)} "
+                             f"| {delta:+.2f} | ≤ {ratio:.3f} | {met}/{len(rows)} | {projected}/{len(rows)} |")
+    lines += ["", "± is the sample standard deviation over seeds. \"CGMQ BOPs / bound\" is the largest ratio over "
+              "the seeds; \"runs projected\" counts runs that ended above the bound and were projected onto it."]
+    table = "\n".join(lines)
+    if not args.no_write:
+        update_section("cgmq", table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
