@@ -4,6 +4,8 @@ resume, and bad input."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -58,32 +60,57 @@ def test_nested_grids_make_coarse_values_exact_on_finer_grids():
     assert set(codes.round().unique().tolist()) <= {-128.0, -64.0, 0.0, 64.0}
 
 
+TRAINING = SimpleNamespace(epoch=0, config=SimpleNamespace(epochs=30))  # what the callback reads of a Trainer
+
+
 def test_cggd_direction_only_while_violated():
-    cfg = CGMQConfig(bop_budget=0.25)
+    cfg = CGMQConfig(bop_budget=0.25, gate_momentum=0.0)
     model = lenet(cfg).train()
     cb = CGMQCallback(model, cfg, SHAPE)
     x, y = bitsmith.data.get("digits", split="train").tensors()
 
-    def grads_after_hook():
+    def loss_grads():
         model.zero_grad()
         nn.functional.cross_entropy(model(x[:64]), y[:64]).backward()
-        before = [g.grad.clone() for g in cb.gates]
-        cb.after_backward(None)
-        return before, [g.grad.clone() for g in cb.gates]
+        return [g.grad.clone() for g in cb.gates]
 
-    before, after = grads_after_hook()  # every gate on: 32/32 bits, far above the bound
-    added = [a - b for a, b in zip(after, before, strict=True)]
-    loss_norm = torch.sqrt(sum((b ** 2).sum() for b in before))
-    added_norm = torch.sqrt(sum((d ** 2).sum() for d in added))
-    torch.testing.assert_close(added_norm, cfg.factor * loss_norm, rtol=1e-4, atol=0)
-    soft = cb.constraint.bops(ste=True)
-    cost_grads = torch.autograd.grad(soft, cb.gates)
+    grads = loss_grads()  # every gate on: 32/32 bits, far above the bound
+    added = [a - b for a, b in zip(cb._with_constraint_direction(grads), grads, strict=True)]
+    loss_norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
+    torch.testing.assert_close(torch.sqrt(sum((d ** 2).sum() for d in added)), cfg.factor * loss_norm,
+                               rtol=1e-4, atol=0)
+    cost_grads = torch.autograd.grad(cb.constraint.bops(ste=True), cb.gates)
     assert sum((d * c).sum() for d, c in zip(added, cost_grads, strict=True)) > 0  # it lowers the cost
+    before = [g.detach().clone() for g in cb.gates]
+    cb.after_backward(TRAINING)  # the gates step: the cost goes down along its gradient
+    moved = [g.detach() - b for g, b in zip(cb.gates, before, strict=True)]
+    assert sum((m * c).sum() for m, c in zip(moved, cost_grads, strict=True)) < 0
+    assert max(float(m.abs().max()) for m in moved) == pytest.approx(cfg.gate_lr)
+    assert all(g.grad is None for g in cb.gates)  # the Trainer's optimizer leaves the gates alone
+
     with torch.no_grad():
         for g in cb.gates:
             g.fill_(-1.0)  # every gate off: 2/2 bits, within the bound
-    before, after = grads_after_hook()
-    assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    grads = loss_grads()
+    before = [g.detach().clone() for g in cb.gates]
+    cb.after_backward(TRAINING)  # only the loss gradient moves the gates
+    largest = max(float(g.abs().max()) for g in grads)
+    for g, b, grad in zip(cb.gates, before, grads, strict=True):
+        torch.testing.assert_close(g.detach() - b, -cfg.gate_lr * grad / largest)
+
+
+def test_gates_are_frozen_in_the_final_phase():
+    cfg = CGMQConfig(bop_budget=0.25, freeze_fraction=0.5)
+    model = lenet(cfg).train()
+    cb = CGMQCallback(model, cfg, SHAPE)
+    late = SimpleNamespace(epoch=6, config=SimpleNamespace(epochs=10))
+    cb.on_epoch_start(late, 5)  # entering the frozen phase projects onto the bound
+    assert cb.projected > 0 and float(cb.constraint.bops()) <= cb.bound
+    x, y = bitsmith.data.get("digits", split="train").tensors()
+    nn.functional.cross_entropy(model(x[:64]), y[:64]).backward()
+    before = [g.detach().clone() for g in cb.gates]
+    cb.after_backward(late)
+    assert all(torch.equal(g.detach(), b) and g.grad is None for g, b in zip(cb.gates, before, strict=True))
 
 
 @pytest.mark.parametrize("budget,seed", [(0.25, 0), (0.25, 1), (0.1, 0), (0.5, 1)])
@@ -146,7 +173,7 @@ def test_result_loads_into_the_core_and_the_integer_forward_matches(granularity)
     for i in range(8):
         opt.zero_grad()
         nn.functional.cross_entropy(model(x[i * 64:(i + 1) * 64]), y[i * 64:(i + 1) * 64]).backward()
-        cb.after_backward(None)
+        cb.after_backward(TRAINING)
         opt.step()
     model.eval()
     core = cgmq.to_core(model, SHAPE).eval()

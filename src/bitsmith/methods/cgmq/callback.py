@@ -26,10 +26,13 @@ TRAJECTORY_PLOT = "bops_trajectory.png"
 class CGMQCallback(Callback):
     """Constraint Guided Gradient Descent on the gates of a CGMQ model.
 
-    After each backward pass, if the exact BOPs (hard gates) exceed the bound, the gates' gradient gets the
-    direction that lowers the (straight-through) BOPs, scaled to ``factor`` times the norm of the loss gradient
-    on the gates; within the bound it adds nothing. After the last training step, a deterministic projection
-    switches off the least useful refinements if the bound is still exceeded.
+    After each backward pass, if the exact BOPs (hard gates) exceed the bound, the gates' loss gradient gets the
+    direction that lowers the (straight-through) BOPs, scaled to ``factor`` times the loss gradient's norm;
+    within the bound it adds nothing. The gates then move by that direction averaged with momentum, scaled so
+    the largest move is ``gate_lr`` (their own update, outside the Trainer's optimizer, which would rescale each
+    gate alone and lose which gates matter most). In the last ``freeze_fraction`` of the epochs the gates are
+    frozen (after a projection) so the weights adapt to the final widths; a deterministic projection after the
+    last step guarantees the bound.
     """
 
     def __init__(self, model: nn.Module, config: CGMQConfig, input_shape: Sequence[int]) -> None:
@@ -39,33 +42,59 @@ class CGMQCallback(Callback):
         self.trajectory: list[float] = []
         self.current = float(self.constraint.bops())
         self.projected = 0
+        self.momentum: list[torch.Tensor] | None = None
 
     @property
     def bound(self) -> float:
         """The BOP bound per sample."""
         return self.constraint.bound
 
-    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        """The gates train with their own learning rate and no weight decay."""
-        return [{"params": self.gates, "lr": self.config.gate_lr, "weight_decay": 0.0}]
+    def _freeze_epoch(self, trainer: Trainer) -> int:
+        """First epoch of the final phase in which the gates are frozen (the weights adapt to the widths)."""
+        epochs = trainer.config.epochs
+        return epochs - int(round(self.config.freeze_fraction * epochs)) if epochs > 1 else epochs
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        """Entering the frozen phase: project onto the bound first, so the widths trained on are final."""
+        if epoch == self._freeze_epoch(trainer):
+            self.projected += self.constraint.project()
+            with torch.no_grad():
+                self.current = float(self.constraint.bops())
 
     def after_backward(self, trainer: Trainer) -> None:
-        """Add the constraint direction to the gates' gradient while the bound is violated."""
+        """Update the gates (and take them out of the optimizer's step): the loss gradient plus, while the bound
+        is violated, the CGGD direction; averaged with momentum and scaled so the largest move is ``gate_lr``."""
+        grads = [g.grad if g.grad is not None else torch.zeros_like(g) for g in self.gates]
+        for gate in self.gates:
+            gate.grad = None
+        if trainer.epoch >= self._freeze_epoch(trainer):
+            return
         with torch.no_grad():
             self.current = float(self.constraint.bops())
-        if self.current <= self.bound:
-            return
+        if self.current > self.bound:
+            grads = self._with_constraint_direction(grads)
+        beta = self.config.gate_momentum
+        if self.momentum is None:
+            self.momentum = [torch.zeros_like(g) for g in self.gates]
+        with torch.no_grad():
+            for buf, grad in zip(self.momentum, grads, strict=True):
+                buf.mul_(beta).add_(grad, alpha=1.0 - beta)
+            largest = max(float(buf.abs().max()) for buf in self.momentum)
+            if largest > 0:
+                for gate, buf in zip(self.gates, self.momentum, strict=True):
+                    gate.sub_(buf, alpha=self.config.gate_lr / largest)
+
+    def _with_constraint_direction(self, loss_grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``loss_grads`` plus the direction lowering the straight-through BOPs, with ``factor`` times their norm."""
         soft = self.constraint.bops(ste=True)
         directions = torch.autograd.grad(soft, self.gates, allow_unused=True)
-        loss_grads = [g.grad if g.grad is not None else torch.zeros_like(g) for g in self.gates]
         loss_norm = torch.sqrt(sum((g.double() ** 2).sum() for g in loss_grads))
         dir_norm = torch.sqrt(sum((d.double() ** 2).sum() for d in directions if d is not None))
         if float(dir_norm) == 0.0:
-            return
+            return loss_grads
         magnitude = self.config.factor * max(float(loss_norm), 1e-12) / float(dir_norm)
-        for gate, grad, direction in zip(self.gates, loss_grads, directions, strict=True):
-            if direction is not None:
-                gate.grad = grad + magnitude * direction.to(grad.dtype)
+        return [grad if d is None else grad + magnitude * d.to(grad.dtype)
+                for grad, d in zip(loss_grads, directions, strict=True)]
 
     def after_step(self, trainer: Trainer, step: int, loss: float) -> None:
         """Record the exact BOPs the step was taken at."""
@@ -94,11 +123,14 @@ class CGMQCallback(Callback):
             write_artifacts(self.constraint.model, Path(trainer.out_dir), self.trajectory, self.bound)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"trajectory": list(self.trajectory), "projected": self.projected}
+        return {"trajectory": list(self.trajectory), "projected": self.projected,
+                "momentum": list(self.momentum) if self.momentum is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.trajectory = [float(v) for v in state.get("trajectory", [])]
         self.projected = int(state.get("projected", 0))
+        if state.get("momentum") is not None:
+            self.momentum = [t.to(g.device).clone() for t, g in zip(state["momentum"], self.gates, strict=True)]
 
 
 def write_artifacts(model: nn.Module, out: Path, trajectory: Sequence[float], bound: float) -> None:

@@ -36,6 +36,8 @@ class CGMQConfig:
     gate_lr: float = 1e-2
     factor: float = 2.0
     ref_bits: int = 4
+    gate_momentum: float = 0.9
+    freeze_fraction: float = 0.3
 
     def __post_init__(self) -> None:
         if not self.bop_budget > 0:
@@ -53,6 +55,10 @@ class CGMQConfig:
         if not self.gate_init > 0 or not self.gate_lr > 0:
             raise ConfigError(f"CGMQ gate_init and gate_lr must be positive, got {self.gate_init!r}, "
                               f"{self.gate_lr!r}")
+        if not 0.0 <= self.freeze_fraction < 1.0:
+            raise ConfigError(f"CGMQ freeze_fraction must be in [0, 1), got {self.freeze_fraction!r}")
+        if not 0.0 <= self.gate_momentum < 1.0:
+            raise ConfigError(f"CGMQ gate_momentum must be in [0, 1), got {self.gate_momentum!r}")
         if not self.factor > 1:
             raise ConfigError(f"CGMQ factor must be greater than 1 (CGGD), got {self.factor!r}")
 

@@ -53,7 +53,11 @@ class GatedQuantizer(nn.Module):
         self._signed = signed
         self.learnable = True
         self.log_scale = nn.Parameter(torch.zeros(channels or 1))
-        self.gates = nn.Parameter(torch.full((len(self.bit_list) - 1, *gate_shape), float(gate_init)))
+        # staggered start: the finest refinement has the smallest gate, so under a uniform push the top widths
+        # switch off first (32, then 16, ...) instead of every refinement of a group at once
+        levels = len(self.bit_list) - 1
+        start = torch.tensor([gate_init * (levels - k) / levels for k in range(levels)])
+        self.gates = nn.Parameter(start.view(-1, *[1] * len(gate_shape)).expand(levels, *gate_shape).clone())
         self.register_buffer("initialized", torch.zeros((), dtype=torch.uint8))
         self.register_buffer("signed_flag", torch.tensor(-1 if signed is None else int(bool(signed)),
                                                          dtype=torch.int8))
