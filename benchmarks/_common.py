@@ -44,3 +44,33 @@ def update_section(name: str, markdown: str, path: Path = BENCHMARKS_MD) -> Path
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     return _io.write_text(path, text)
+
+
+def step_times(models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Tensor, batch: int, rounds: int = 7,
+               steps: int = 15, warmup: int = 5) -> dict[str, float]:
+    """Median train-step time (ms) of each model (zero_grad + forward + backward + Adam step), measured
+    interleaved in this process on identical full batches, after ``warmup`` steps each (which also initialise
+    data-dependent quantizer scales)."""
+    import time
+
+    opts = {v: torch.optim.Adam(m.parameters(), lr=1e-3) for v, m in models.items()}
+    loss_fn = torch.nn.CrossEntropyLoss()
+    times: dict[str, list[float]] = {v: [] for v in models}
+
+    def step(v: str, i: int) -> float:
+        start = i * batch % (len(x) - batch + 1)
+        xb, yb = x[start:start + batch], y[start:start + batch]
+        t0 = time.perf_counter()
+        opts[v].zero_grad(set_to_none=True)
+        loss_fn(models[v](xb), yb).backward()
+        opts[v].step()
+        return time.perf_counter() - t0
+
+    for v in models:
+        models[v].train()
+        for i in range(warmup):
+            step(v, i)
+    for r in range(rounds):
+        for v in models:
+            times[v] += [step(v, r * steps + i) for i in range(steps)]
+    return {v: 1000 * statistics.median(t) for v, t in times.items()}

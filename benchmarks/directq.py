@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from benchmarks._common import ROOT, environment, mean_std, pm, update_section
+from benchmarks._common import ROOT, environment, mean_std, pm, step_times, update_section
 from bitsmith import _io, data, zoo
 from bitsmith.engine import TrainConfig, seeding, train
 from bitsmith.methods import directq
@@ -92,33 +91,12 @@ def accuracy_run(model_name: str, dataset: str, variant: str, bits: int, seed: i
     return row
 
 
-def step_times(model_name: str, dataset: str, bits: int, variants: list[str], rounds: int = 5,
-               steps: int = 10) -> dict[str, float]:
-    """Median train-step time (ms) of each variant, interleaved in this process on identical batches."""
+def variant_step_times(model_name: str, dataset: str, bits: int, variants: list[str]) -> dict[str, float]:
+    """Median step time (ms) of each variant (see ``_common.step_times``)."""
     ds = data.get(dataset, split="train")
     x, y = ds.tensors()
-    batch = SETTINGS[dataset]["batch_size"]
-    models = {v: build(v, model_name, ds, bits, 0).train() for v in variants}
-    opts = {v: torch.optim.Adam(m.parameters(), lr=1e-3) for v, m in models.items()}
-    loss_fn = nn.CrossEntropyLoss()
-    times: dict[str, list[float]] = {v: [] for v in models}
-
-    def step(v: str, i: int) -> float:
-        start = i * batch % (len(x) - batch)
-        xb, yb = x[start:start + batch], y[start:start + batch]
-        t0 = time.perf_counter()
-        opts[v].zero_grad(set_to_none=True)
-        loss_fn(models[v](xb), yb).backward()
-        opts[v].step()
-        return time.perf_counter() - t0
-
-    for v in models:
-        for i in range(3):
-            step(v, i)
-    for r in range(rounds):
-        for v in models:
-            times[v] += [step(v, r * steps + i) for i in range(steps)]
-    return {v: 1000 * statistics.median(t) for v, t in times.items()}
+    models = {v: build(v, model_name, ds, bits, 0) for v in variants}
+    return step_times(models, x, y, SETTINGS[dataset]["batch_size"], rounds=5, steps=10, warmup=3)
 
 
 def main() -> None:
@@ -157,7 +135,7 @@ def main() -> None:
     torch.set_num_threads(2)
     for model_name, dataset, bits in grid:
         timed = [v for v in variants if v != "fp32"]
-        timing = step_times(model_name, dataset, bits, timed) if "lsq" in timed else {}
+        timing = variant_step_times(model_name, dataset, bits, timed) if "lsq" in timed else {}
         accs = accs_of[(model_name, dataset, bits)]
         ref = mean_std(accs["lsq"])[0] if "lsq" in accs else None
         for v in variants:

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from benchmarks._common import ROOT, environment, mean_std, pm, update_section
+from benchmarks._common import ROOT, environment, mean_std, pm, step_times, update_section
 from bitsmith import _io, data, zoo
 from bitsmith.engine import TrainConfig, seeding, train
 from bitsmith.quant import QConfig, quantize
@@ -83,31 +82,11 @@ def accuracy_run(dataset: str, variant: str, seed: int, out: Path) -> dict:
     return row
 
 
-def step_times(dataset: str, rounds: int = 7, steps: int = 15) -> dict[str, float]:
-    """Median step time (ms) of every variant, measured interleaved in this process on identical batches."""
+def variant_step_times(dataset: str) -> dict[str, float]:
+    """Median step time (ms) of every variant (see ``_common.step_times``)."""
     ds = data.get(dataset, split="train")
     x, y = ds.tensors()
-    batch = SETTINGS[dataset]["batch_size"]
-    models = {v: build(v, ds, 0) for v in variants()}
-    opts = {v: torch.optim.Adam(m.parameters(), lr=1e-3) for v, m in models.items()}
-    loss_fn = nn.CrossEntropyLoss()
-    times: dict[str, list[float]] = {v: [] for v in models}
-
-    def step(v: str, i: int) -> float:
-        xb, yb = x[i * batch % len(x):][:batch], y[i * batch % len(y):][:batch]
-        t0 = time.perf_counter()
-        opts[v].zero_grad(set_to_none=True)
-        loss_fn(models[v](xb), yb).backward()
-        opts[v].step()
-        return time.perf_counter() - t0
-
-    for v in models:  # warm-up (also initialises data-dependent scales)
-        for i in range(5):
-            step(v, i)
-    for r in range(rounds):
-        for v in models:
-            times[v] += [step(v, r * steps + i) for i in range(steps)]
-    return {v: 1000 * statistics.median(t) for v, t in times.items()}
+    return step_times({v: build(v, ds, 0) for v in variants()}, x, y, SETTINGS[dataset]["batch_size"])
 
 
 def main() -> None:
@@ -133,7 +112,7 @@ def main() -> None:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for dataset in args.datasets.split(","):
-        timing = step_times(dataset)
+        timing = variant_step_times(dataset)
         seeds = seeds_of[dataset]
         accs = {v: [accuracy_run(dataset, v, s, args.out)["test_acc"] for s in seeds] for v in variants()}
         fp32 = mean_std(accs["fp32"])[0]

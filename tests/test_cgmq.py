@@ -14,7 +14,7 @@ from torch import nn
 
 import bitsmith
 from bitsmith import runs
-from bitsmith.engine import Callback, TrainConfig, train
+from bitsmith.engine import TrainConfig
 from bitsmith.errors import ConfigError
 from bitsmith.methods import cgmq
 from bitsmith.methods.cgmq import CGMQCallback, CGMQConfig, GatedQuantizer
@@ -188,24 +188,12 @@ def test_result_loads_into_the_core_and_the_integer_forward_matches(granularity)
         assert cost.total_bops == pytest.approx(float(cb.constraint.bops()))
 
 
-def test_interrupted_run_resumes_exactly(tmp_path):
+def test_interrupted_run_resumes_exactly(tmp_path, interrupted_and_resumed):
     cfg = CGMQConfig(bop_budget=0.25)
     base = TrainConfig(model="lenet5", dataset="digits", epochs=4, num_threads=1)
     ref = runs.method_run("cgmq", cfg, tmp_path / "ref", base=base, quiet=True)
 
-    class Interrupt(Callback):
-        def on_epoch_start(self, trainer, epoch):
-            if epoch == 2:
-                raise KeyboardInterrupt
-
-    model, tcfg, _ = runs.build_run_model(tmp_path / "ref")
-    run = tmp_path / "cut"
-    with pytest.raises(KeyboardInterrupt):
-        train(tcfg, run, model=model, run_config=runs.read_config(tmp_path / "ref"), quiet=True,
-              callbacks=runs.run_callbacks(tmp_path / "ref", model) + [Interrupt()])
-    model, tcfg, _ = runs.build_run_model(run)
-    resumed = train(tcfg, run, model=model, run_config=runs.read_config(run), quiet=True, resume=True,
-                    callbacks=runs.run_callbacks(run, model))
+    resumed = interrupted_and_resumed(tmp_path / "ref", tmp_path / "cut", 2)
     assert resumed.metrics["test_acc"] == ref["test_acc"] and resumed.metrics["bops"] == ref["bops"]
 
 

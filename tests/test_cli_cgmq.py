@@ -7,14 +7,6 @@ import json
 import pytest
 
 from bitsmith import runs
-from bitsmith.cli.main import main
-
-
-@pytest.fixture(scope="module")
-def float_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fp") / "run"
-    main(["train", "--epochs", "6", "--threads", "1", "--quiet", "--out", str(out)])
-    return out
 
 
 def test_from_a_float_run_meets_the_bound_and_reports(float_run, tmp_path, cli):

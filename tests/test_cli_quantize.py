@@ -12,15 +12,7 @@ import time
 import pytest
 
 from bitsmith import runs
-from bitsmith.cli.main import main
 from bitsmith.quant.layers import QuantConv2d, QuantLinear
-
-
-@pytest.fixture(scope="module")
-def float_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fp") / "run"
-    main(["train", "--epochs", "8", "--threads", "1", "--quiet", "--out", str(out)])
-    return out
 
 
 def _last_eval(run) -> float:

@@ -11,7 +11,7 @@ from torch import nn
 
 import bitsmith
 from bitsmith import runs
-from bitsmith.engine import Callback, TrainConfig, train
+from bitsmith.engine import TrainConfig
 from bitsmith.errors import ConfigError
 from bitsmith.methods import directq
 from bitsmith.methods.directq import ChannelAwareActQuantizer, DirectQConfig, DirectWeightQuantizer
@@ -151,26 +151,15 @@ def test_channel_aware_objective_trains_the_step_size():
     assert q.channel_error(x).item() < 0.9 * before
 
 
-def test_short_run_on_digits_learns_and_resumes_exactly(tmp_path):
+def test_short_run_on_digits_learns_and_resumes_exactly(tmp_path, interrupted_and_resumed):
     cfg = DirectQConfig(weight_bits=4, act_bits=4)
     base = TrainConfig(model="lenet5", dataset="digits", epochs=4, num_threads=1)
     ref = runs.method_run("directq", cfg, tmp_path / "ref", base=base, quiet=True)
     assert ref["test_acc"] > 0.5  # chance is 0.1
 
-    class Interrupt(Callback):
-        def on_epoch_start(self, trainer, epoch):
-            if epoch == 2:
-                raise KeyboardInterrupt
-
-    model, tcfg, _ = runs.build_run_model(tmp_path / "ref")
-    run = tmp_path / "cut"
-    with pytest.raises(KeyboardInterrupt):
-        train(tcfg, run, model=model, run_config=runs.read_config(tmp_path / "ref"), quiet=True,
-              callbacks=[Interrupt()])
-    model, tcfg, _ = runs.build_run_model(run)
-    resumed = train(tcfg, run, model=model, run_config=runs.read_config(run), quiet=True, resume=True)
+    resumed = interrupted_and_resumed(tmp_path / "ref", tmp_path / "cut", 2)
     assert resumed.metrics["test_acc"] == ref["test_acc"]
-    a, b = runs.load_model(tmp_path / "ref"), runs.load_model(run)
+    a, b = runs.load_model(tmp_path / "ref"), runs.load_model(tmp_path / "cut")
     for (name, la), (_, lb) in zip(direct_layers(a), direct_layers(b), strict=True):
         assert torch.equal(la.weight_quant.codes, lb.weight_quant.codes), name
     assert_on_grid(a, 8)

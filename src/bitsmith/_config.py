@@ -105,3 +105,25 @@ def load(cls: type[T], path: str | Path) -> T:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object at top level")
     return from_dict(cls, data, where=path.name)
+
+
+class JsonConfig:
+    """Mixin for dataclass configs: ``to_dict`` / ``from_dict`` / ``save`` / ``load`` through the functions above."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        """Build from a dict (unknown keys and bad types raise ConfigError)."""
+        return from_dict(cls, data)
+
+    def save(self, path: str | Path) -> Path:
+        """Write as JSON atomically."""
+        return save(self, path)
+
+    @classmethod
+    def load(cls: type[T], path: str | Path) -> T:
+        """Read from a JSON file."""
+        return load(cls, path)

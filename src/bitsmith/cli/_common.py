@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -33,3 +34,37 @@ def check_writable_out(out: Path) -> Path:
 
 def percent(x: float) -> str:
     return f"{100 * x:.2f} %"
+
+
+def check_names(model: str, dataset: str) -> None:
+    """Refuse an unknown zoo model or dataset name, listing the known ones."""
+    from bitsmith import data, zoo
+
+    if model not in zoo.list_models():
+        raise BitsmithError(f"unknown model {model!r}; available: {', '.join(zoo.list_models())}")
+    if dataset not in data.list_datasets():
+        raise BitsmithError(f"unknown dataset {dataset!r}; available: {', '.join(data.list_datasets())}")
+
+
+def train_method(transform: str, config: Any, out: Path, *, source: Path | None, model: str, dataset: str,
+                 data_root: Path | None, seed: int, threads: int | None, batch_size: int | None, epochs: int | None,
+                 lr: float | None, scheduler: str | None, quiet: bool) -> dict[str, Any]:
+    """What every method command does: fine-tune the float run ``source`` (defaults: 10 epochs, lr 1e-4, cosine)
+    or, without it, train ``model`` on ``dataset`` from scratch (30 epochs, lr 1e-3, constant), through
+    ``runs.method_run``; returns the final metrics."""
+    from bitsmith import runs
+    from bitsmith.engine import TrainConfig
+
+    if source is None:
+        check_names(model, dataset)
+        base = TrainConfig(model=model, dataset=dataset, data_root=str(data_root) if data_root else None, seed=seed)
+        defaults = {"epochs": 30, "lr": 1e-3, "scheduler": "none"}
+    else:
+        if not source.is_dir():
+            raise BitsmithError(f"--from {source}: no such run directory")
+        base = None
+        defaults = {"epochs": 10, "lr": 1e-4, "scheduler": "cosine"}
+    check_writable_out(out)
+    return runs.method_run(transform, config, out, source=source, base=base, quiet=quiet, seed=seed,
+                           num_threads=threads, batch_size=batch_size, epochs=epochs or defaults["epochs"],
+                           lr=lr or defaults["lr"], scheduler=scheduler or defaults["scheduler"])

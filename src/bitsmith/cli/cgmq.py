@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from bitsmith.cli._common import check_writable_out, console, percent
+from bitsmith.cli._common import console, percent, train_method
 from bitsmith.engine import distributed
 from bitsmith.errors import BitsmithError
 
@@ -36,8 +36,6 @@ def cgmq_cmd(
     """Learn per-layer / per-channel / per-weight bit widths under a BOP bound (CGMQ) in one training run; the
     final model is guaranteed to meet the bound."""
     from bitsmith import runs
-    from bitsmith.cli.train import _check_names
-    from bitsmith.engine import TrainConfig
     from bitsmith.methods.cgmq import CGMQConfig
 
     try:
@@ -46,19 +44,9 @@ def cgmq_cmd(
         raise BitsmithError(f"--bits {bits!r}: expected comma-separated integers such as 2,4,8,16,32") from None
     cfg = CGMQConfig(bop_budget=bop_budget, relative_to=relative_to, granularity=granularity, bits=widths,
                      gate_lr=gate_lr, factor=factor)
-    if source is None:
-        _check_names(model, dataset)
-        base = TrainConfig(model=model, dataset=dataset, data_root=str(data_root) if data_root else None, seed=seed)
-        defaults = {"epochs": 30, "lr": 1e-3, "scheduler": "none"}
-    else:
-        if not source.is_dir():
-            raise BitsmithError(f"--from {source}: no such run directory")
-        base = None
-        defaults = {"epochs": 10, "lr": 1e-4, "scheduler": "cosine"}
-    check_writable_out(out)
-    metrics = runs.method_run("cgmq", cfg, out, source=source, base=base, quiet=quiet, seed=seed,
-                              num_threads=threads, batch_size=batch_size, epochs=epochs or defaults["epochs"],
-                              lr=lr or defaults["lr"], scheduler=scheduler or defaults["scheduler"])
+    metrics = train_method("cgmq", cfg, out, source=source, model=model, dataset=dataset, data_root=data_root,
+                           seed=seed, threads=threads, batch_size=batch_size, epochs=epochs, lr=lr,
+                           scheduler=scheduler, quiet=quiet)
     if distributed.is_main():
         runs.write_run_report(out)
         note = (f"; projection switched off {metrics['projected_gates']} gate(s)" if metrics["projected_gates"]

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import typer
 
-from bitsmith.cli._common import check_writable_out, console, percent
+from bitsmith.cli._common import console, percent, train_method
 from bitsmith.engine import distributed
-from bitsmith.errors import BitsmithError
 
 
 def directq_cmd(
@@ -38,26 +37,14 @@ def directq_cmd(
     """Train a low-bit model with DirectQ: quantized weights updated directly on learnable levels, and
     activation step sizes fitted to the majority of channels."""
     from bitsmith import runs
-    from bitsmith.cli.train import _check_names
-    from bitsmith.engine import TrainConfig
     from bitsmith.methods.directq import DirectQConfig
 
     cfg = DirectQConfig.ablation(ideas, weight_bits=wbits, act_bits=abits, first_last_bits=first_last_bits or None,
                                  per_channel=per_channel, step_gain=step_gain, act_loss_weight=act_loss_weight,
                                  act_trim=act_trim, seed=seed)
-    if source is None:
-        _check_names(model, dataset)
-        base = TrainConfig(model=model, dataset=dataset, data_root=str(data_root) if data_root else None, seed=seed)
-        defaults = {"epochs": 30, "lr": 1e-3, "scheduler": "none"}
-    else:
-        if not source.is_dir():
-            raise BitsmithError(f"--from {source}: no such run directory")
-        base = None
-        defaults = {"epochs": 10, "lr": 1e-4, "scheduler": "cosine"}
-    check_writable_out(out)
-    metrics = runs.method_run("directq", cfg, out, source=source, base=base, quiet=quiet, seed=seed,
-                              num_threads=threads, batch_size=batch_size, epochs=epochs or defaults["epochs"],
-                              lr=lr or defaults["lr"], scheduler=scheduler or defaults["scheduler"])
+    metrics = train_method("directq", cfg, out, source=source, model=model, dataset=dataset, data_root=data_root,
+                           seed=seed, threads=threads, batch_size=batch_size, epochs=epochs, lr=lr,
+                           scheduler=scheduler, quiet=quiet)
     if distributed.is_main():
         runs.write_run_report(out)
         console.print(f"DirectQ W{wbits}A{abits} ({ideas}): test accuracy {percent(metrics['test_acc'])}  "

@@ -8,16 +8,9 @@ from pathlib import Path
 import typer
 
 from bitsmith import _config, _io, data, zoo
-from bitsmith.cli._common import check_writable_out, console, percent
+from bitsmith.cli._common import check_names, check_writable_out, console, percent
 from bitsmith.engine import TrainConfig, TrainResult, distributed, train
 from bitsmith.errors import BitsmithError
-
-
-def _check_names(model: str, dataset: str) -> None:
-    if model not in zoo.list_models():
-        raise BitsmithError(f"unknown model {model!r}; available: {', '.join(zoo.list_models())}")
-    if dataset not in data.list_datasets():
-        raise BitsmithError(f"unknown dataset {dataset!r}; available: {', '.join(data.list_datasets())}")
 
 
 def run_training(cfg: TrainConfig, out: Path, quiet: bool, resume: bool = False) -> TrainResult:
@@ -76,7 +69,7 @@ def train_cmd(
                           batch_size=batch_size, lr=lr, optimizer=optimizer, scheduler=scheduler,
                           weight_decay=weight_decay, label_smoothing=label_smoothing, grad_clip=grad_clip,
                           image_size=image_size, val=val, seed=seed, device=device, num_threads=threads)
-    _check_names(cfg.model, cfg.dataset)
+    check_names(cfg.model, cfg.dataset)
     out = out or Path("runs") / f"{cfg.model}-{cfg.dataset}-s{cfg.seed}"
     run_training(cfg, out, quiet)
 

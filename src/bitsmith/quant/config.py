@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from bitsmith import _config
@@ -49,7 +48,7 @@ def check_override(name: str, entry: Any) -> dict[str, Any]:
 
 
 @dataclass
-class QConfig:
+class QConfig(_config.JsonConfig):
     """Quantization settings for :func:`bitsmith.quantize`.
 
     weight_bits/act_bits: default bit widths (2..8, 16; 32 = float). per_channel: one weight scale per output
@@ -108,21 +107,3 @@ class QConfig:
         overrides.update(kwargs.pop("overrides", {}))
         kwargs.setdefault("first_last_bits", None)
         return cls(overrides=overrides, **kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return _config.to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> QConfig:
-        """Build from a dict (unknown keys and bad types raise ConfigError)."""
-        return _config.from_dict(cls, data)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write as JSON atomically."""
-        return _config.save(self, path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> QConfig:
-        """Read from a JSON file."""
-        return _config.load(cls, path)

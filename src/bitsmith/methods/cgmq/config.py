@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from bitsmith import _config
 from bitsmith.errors import ConfigError
@@ -16,7 +13,7 @@ RELATIVE_TO = ("w8a8", "fp32", "absolute")
 
 
 @dataclass
-class CGMQConfig:
+class CGMQConfig(_config.JsonConfig):
     """CGMQ settings.
 
     bop_budget: the BOP bound, as a fraction of the model's BOPs at ``relative_to`` ("w8a8": every layer at 8/8
@@ -61,21 +58,3 @@ class CGMQConfig:
             raise ConfigError(f"CGMQ gate_momentum must be in [0, 1), got {self.gate_momentum!r}")
         if not self.factor > 1:
             raise ConfigError(f"CGMQ factor must be greater than 1 (CGGD), got {self.factor!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return _config.to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CGMQConfig:
-        """Build from a dict (unknown keys and bad types raise ConfigError)."""
-        return _config.from_dict(cls, data)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write as JSON atomically."""
-        return _config.save(self, path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> CGMQConfig:
-        """Read from a JSON file."""
-        return _config.load(cls, path)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from bitsmith import _config
@@ -17,7 +15,7 @@ IDEAS = {"both": (True, True), "weights": (True, False), "acts": (False, True), 
 
 
 @dataclass
-class DirectQConfig:
+class DirectQConfig(_config.JsonConfig):
     """DirectQ settings.
 
     weight_bits/act_bits: 2..8 (16; 32 = float). per_channel: one set of weight levels per output channel
@@ -71,21 +69,3 @@ class DirectQConfig:
         """The core QConfig DirectQ starts from (LSQ quantizers, which DirectQ's then replace)."""
         return QConfig(weight_bits=self.weight_bits, act_bits=self.act_bits, per_channel=self.per_channel,
                        method="lsq", first_last_bits=self.first_last_bits, overrides=self.overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return _config.to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DirectQConfig:
-        """Build from a dict (unknown keys and bad types raise ConfigError)."""
-        return _config.from_dict(cls, data)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write as JSON atomically."""
-        return _config.save(self, path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> DirectQConfig:
-        """Read from a JSON file."""
-        return _config.load(cls, path)
