@@ -72,6 +72,21 @@ def qrange(bits: int, signed: bool) -> tuple[int, int]:
     return 0, (1 << bits) - 1
 
 
+def initialize_on_first_batch(quantizer: Any, x: torch.Tensor) -> bool:
+    """The initialisation policy of every quantizer without a scale yet (see ``Quantizer.forward``): initialise
+    from ``x`` and return True, or return False when ``x`` must pass through unchanged (an activation in eval
+    mode, or a constant batch, which carries no range)."""
+    if quantizer.is_initialized:
+        return True
+    if quantizer.role == "activation" and not quantizer.training:
+        return False
+    lo, hi = torch.aminmax(x.detach())
+    if not bool(hi > lo):
+        return False
+    quantizer.initialize(x)
+    return True
+
+
 class Quantizer(nn.Module, abc.ABC):
     """Base of the uniform affine fake quantizers (subclasses define the scale's parametrisation).
 
@@ -253,13 +268,8 @@ class Quantizer(nn.Module, abc.ABC):
         if self._calibration_hook is not None:
             self._calibration_hook(x)
             return x
-        if not self._initialized:
-            if self.role == "activation" and not self.training:
-                return x
-            lo, hi = torch.aminmax(x.detach())
-            if not bool(hi > lo):
-                return x
-            self.initialize(x)
+        if not initialize_on_first_batch(self, x):
+            return x
         return self._fake_quant(x)
 
     def _check_ready(self) -> None:

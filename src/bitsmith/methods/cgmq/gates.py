@@ -22,7 +22,7 @@ from torch import nn
 
 from bitsmith.errors import ConfigError
 from bitsmith.quant.observers import estimate_range, range_to_qparams, rows
-from bitsmith.quant.quantizers import FULL_PRECISION, LOG_SCALE_GAIN, qrange
+from bitsmith.quant.quantizers import FULL_PRECISION, LOG_SCALE_GAIN, initialize_on_first_batch, qrange
 from bitsmith.quant.ste import MIN_SCALE, _broadcast, fake_quant
 
 LN2 = math.log(2.0)
@@ -156,13 +156,8 @@ class GatedQuantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Quantize ``x`` at the bit width its gates select (identity for an activation not yet initialised in
         eval mode, as the core quantizers do)."""
-        if not self.is_initialized:
-            if self.role == "activation" and not self.training:
-                return x
-            lo, hi = torch.aminmax(x.detach())
-            if not bool(hi > lo):
-                return x
-            self.initialize(x)
+        if not initialize_on_first_batch(self, x):
+            return x
         signed = self._signed_now()
         levels = []
         for k, b in enumerate(self.bit_list):
