@@ -125,11 +125,12 @@ class GatedQuantizer(nn.Module):
     def scale_tensor(self) -> torch.Tensor:
         """Step size of the grid the values lie on: per output channel at its widest width (weights), or at the
         tensor's width (activations)."""
-        width = self.bits
-        if isinstance(width, list):
-            return torch.stack([self.scale_at(self.index_of(b))[c if self.channels else 0]
-                                for c, b in enumerate(width)])
-        return self.scale_at(self.index_of(width))
+        width = self.bit_width(ste=False).detach()
+        top = width.reshape(width.shape[0], -1).amax(dim=1) if self.role == "weight" and width.dim() else \
+            width.max().reshape(1)
+        index = (top.unsqueeze(-1) == top.new_tensor(self.bit_list)).float().argmax(dim=-1)
+        offsets = torch.tensor(self._offsets, dtype=self.log_scale.dtype, device=self.log_scale.device)[index]
+        return ((self.log_scale + offsets) * LOG_SCALE_GAIN).exp()
 
     def _signed_now(self) -> bool:
         return True if self._signed is None else bool(self._signed)
