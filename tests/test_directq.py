@@ -135,6 +135,21 @@ def test_channel_aware_scale_serves_the_majority_of_channels():
     assert (aware_err[1:] < mse_err[1:]).all(), "the seven ordinary channels should all be better off"
 
 
+def test_channel_aware_gradient_matches_autograd():
+    torch.manual_seed(1)
+    x = torch.rand(8, 6, 5, 5) * torch.linspace(0.1, 4.0, 6).view(1, 6, 1, 1)
+    q = ChannelAwareActQuantizer(3, signed=False, trim=0.25)
+    q.initialize(x)
+    objective, grad = q._objective_and_grad(x)
+    xc = q._by_channel(x)
+    y = bitsmith.quant.fake_quant(xc, q.scale_tensor(), None, 0, 7)
+    reference = q._objective((y - xc).square().mean(dim=1), xc.var(dim=1, unbiased=False))
+    (expected,) = torch.autograd.grad(reference, q.log_scale)
+    torch.testing.assert_close(objective, reference.detach())
+    (via_scale,) = torch.autograd.grad(q.scale_tensor(), q.log_scale, grad_outputs=grad)
+    torch.testing.assert_close(via_scale, expected)
+
+
 def test_channel_aware_objective_trains_the_step_size():
     torch.manual_seed(0)
     q = ChannelAwareActQuantizer(2, signed=False, loss_weight=1.0, sample=16).train()

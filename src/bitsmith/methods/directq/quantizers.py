@@ -29,23 +29,46 @@ from bitsmith.quant.quantizers import LSQQuantizer
 from bitsmith.quant.ste import MIN_SCALE, _broadcast, fake_quant, quant_dequant
 
 
-class _AttachLoss(torch.autograd.Function):
-    """Return ``y`` unchanged; in the backward pass ``loss`` receives gradient 1, so the parameters behind
-    ``loss`` are trained on it as if it were added to the task loss (no training-loop hook needed)."""
+class _AddGrad(torch.autograd.Function):
+    """Return ``y`` unchanged; in the backward pass ``s`` receives ``grad`` on top of what flows through ``y``:
+    a gradient computed in the forward pass (an auxiliary objective's) joins the task loss's without any
+    training-loop hook."""
 
     @staticmethod
-    def forward(ctx: Any, y: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
-        ctx.loss_shape = loss.shape
-        ctx.loss_dtype = loss.dtype
+    def forward(ctx: Any, y: torch.Tensor, s: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(grad)
         return y.view_as(y)
 
     @staticmethod
-    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return dy, torch.ones(ctx.loss_shape, dtype=ctx.loss_dtype, device=dy.device)
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        (grad,) = ctx.saved_tensors
+        return dy, grad, None
 
 
 #: How a proposed weight step becomes a move between levels (see DirectWeightQuantizer.project).
 ROUNDINGS = ("stochastic", "greedy")
+
+
+class _OnGrid(torch.autograd.Function):
+    """``codes * s`` in the forward pass; the weight gets the output gradient unchanged (the direct update) and
+    each step size the sum of ``dy * code`` over its group, times LSQ's gradient factor."""
+
+    @staticmethod
+    def forward(ctx: Any, w: torch.Tensor, s: torch.Tensor, codes: torch.Tensor,
+                factor: float | torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(codes)
+        ctx.factor, ctx.shape = factor, s.shape
+        return codes * _broadcast(s.detach(), codes)
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (codes,) = ctx.saved_tensors
+        ds = None
+        if ctx.needs_input_grad[1]:
+            prod = dy * codes
+            ds = (prod.sum() if ctx.shape.numel() == 1 else prod.reshape(prod.shape[0], -1).sum(1))
+            ds = ds.reshape(ctx.shape) * ctx.factor
+        return dy, ds, None, None
 
 
 def _code_dtype(bits: int | Sequence[int]) -> torch.dtype:
@@ -148,12 +171,9 @@ class DirectWeightQuantizer(LSQQuantizer):
             self.project(w)
         s = self.scale_tensor()
         codes = self.codes.to(w.dtype)
-        s_b = _broadcast(s, codes)
-        out = codes * s_b.detach()
         if torch.is_grad_enabled() and (w.requires_grad or s.requires_grad):
-            factor = _broadcast(self.grad_factor(w), codes)
-            out = out + (w - w.detach()) + codes * (s_b - s_b.detach()) * factor
-        return out
+            return _OnGrid.apply(w, s, codes, self.grad_factor(w))
+        return codes * _broadcast(s, codes)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
                               strict: bool, missing_keys: list[str], unexpected_keys: list[str],
@@ -191,20 +211,40 @@ class ChannelAwareActQuantizer(LSQQuantizer):
             return x.reshape(1, -1)
         return x.transpose(0, 1).reshape(x.shape[1], -1)
 
+    @staticmethod
+    def _normalizer(var: torch.Tensor) -> torch.Tensor:
+        """Per-channel variances, floored so that (near-)constant channels cannot dominate."""
+        return var + 1e-6 * var.mean(dim=-1, keepdim=True) + 1e-12
+
+    def _majority(self, norm_err: torch.Tensor) -> torch.Tensor:
+        """Indices (last axis) of the channels the objective keeps: all but the worst ``trim`` fraction."""
+        keep = max(1, math.ceil((1.0 - self.trim) * norm_err.shape[-1]))
+        return norm_err.topk(keep, dim=-1, largest=False).indices
+
     def _objective(self, err: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
         """Trimmed mean over the last axis (channels) of the variance-normalised errors."""
-        norm = err / (var + 1e-6 * var.mean() + 1e-12)
-        keep = max(1, math.ceil((1.0 - self.trim) * norm.shape[-1]))
-        if keep < norm.shape[-1]:
-            norm = norm.topk(keep, dim=-1, largest=False).values
-        return norm.mean(dim=-1)
+        norm = err / self._normalizer(var)
+        return norm.gather(-1, self._majority(norm)).mean(dim=-1)
 
     def channel_error(self, x: torch.Tensor) -> torch.Tensor:
-        """``J`` at the current step size for activations ``x`` (differentiable in the step size only)."""
+        """``J`` at the current step size for activations ``x``."""
+        return self._objective_and_grad(x)[0]
+
+    @torch.no_grad()
+    def _objective_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``J`` and ``dJ/ds`` in closed form, with the straight-through derivative of the quantizer (LSQ's:
+        ``dy/ds = q - x/s`` inside the range, ``q`` where clipped)."""
         xc = self._by_channel(x.detach())
+        s = self.scale_tensor().detach().clamp_min(MIN_SCALE)
         qmin, qmax = self._bounds()
-        y = fake_quant(xc, self.scale_tensor(), None, qmin, qmax)
-        return self._objective((y - xc).square().mean(dim=1), xc.var(dim=1, unbiased=False))
+        y, inside = quant_dequant(xc, s, None, qmin, qmax)
+        diff = y - xc
+        dyds = torch.addcmul(y / s, xc / s, inside, value=-1.0)
+        norm = self._normalizer(xc.var(dim=1, unbiased=False))
+        err = diff.square().mean(dim=1) / norm
+        derr = 2.0 * (diff * dyds).mean(dim=1) / norm
+        index = self._majority(err)
+        return err[index].mean(), derr[index].mean().reshape(s.shape)
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
@@ -232,8 +272,10 @@ class ChannelAwareActQuantizer(LSQQuantizer):
         self.set_range(-hi if self._signed else 0.0, hi)
 
     def _fake_quant(self, x: torch.Tensor) -> torch.Tensor:
-        y = super()._fake_quant(x)
-        if (self.training and self.loss_weight > 0 and torch.is_grad_enabled()
-                and self.log_scale.requires_grad):
-            y = _AttachLoss.apply(y, self.loss_weight * self.channel_error(x[: self.sample]))
-        return y
+        if not (self.training and self.loss_weight > 0 and torch.is_grad_enabled() and self.log_scale.requires_grad):
+            return super()._fake_quant(x)
+        s = self.scale_tensor()
+        qmin, qmax = self._bounds()
+        y = fake_quant(x, s, None, qmin, qmax, self.grad_factor(x))
+        _, grad = self._objective_and_grad(x[: self.sample])
+        return _AddGrad.apply(y, s, self.loss_weight * grad)
