@@ -67,17 +67,18 @@ def main() -> None:
     parser.add_argument("--granularities", default="channel,layer")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each training run")
     parser.add_argument("--no-write", action="store_true", help="print the table, leave BENCHMARKS.md alone")
+    parser.add_argument("--section", default="cgmq", help="BENCHMARKS.md section to (re)write")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     lines = [
-        "## CGMQ: learned mixed precision under a BOP bound vs uniform LSQ at the same BOPs",
+        f"## CGMQ vs uniform LSQ at the same BOPs: {args.models} on {args.datasets}",
         "",
         f"Measured {environment()}. " + " ".join(__doc__.split("\n\n")[2].split()),
         "",
         f"Command: `bash benchmarks/setup.sh && .venv-bench/bin/python -m benchmarks.cgmq --models {args.models} "
-        f"--datasets {args.datasets} --bounds {args.bounds} --seeds {args.seeds}`",
+        f"--datasets {args.datasets} --bounds {args.bounds} --granularities {args.granularities} --seeds {args.seeds}`",
         "",
         "| model | dataset | bound (= uniform BOPs) | CGMQ gates | seeds | CGMQ accuracy (%) | uniform LSQ "
         "accuracy (%) | Δ (pt) | CGMQ BOPs / bound | bound met | runs projected |",
@@ -102,7 +103,7 @@ def main() -> None:
               "the seeds; \"runs projected\" counts runs that ended above the bound and were projected onto it."]
     table = "\n".join(lines)
     if not args.no_write:
-        update_section("cgmq", table)
+        update_section(args.section, table)
     print(table)
 
 

@@ -107,6 +107,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--no-write", action="store_true", help="print the table, leave BENCHMARKS.md alone")
+    parser.add_argument("--section", default="directq", help="BENCHMARKS.md section to (re)write")
     parser.add_argument("--runs-only", action="store_true", help="train (and cache) the runs; no timing, no table")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each training run")
     parser.add_argument("--out", type=Path, default=OUT)
@@ -116,7 +117,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = args.variants.split(",")
     lines = [
-        "## DirectQ vs LSQ / PACT (core) vs Brevitas",
+        f"## DirectQ vs LSQ / PACT (core) vs Brevitas: {args.models} on {args.datasets}",
         "",
         f"Measured {environment()}, brevitas {brevitas.__version__}. " + " ".join(__doc__.split("\n\n")[2].split()),
         "",
@@ -146,7 +147,7 @@ def main() -> None:
     lines += ["", "± is the sample standard deviation over seeds."]
     table = "\n".join(lines)
     if not args.no_write:
-        update_section("directq", table)
+        update_section(args.section, table)
     print(table)
 
 
