@@ -78,7 +78,8 @@ def main() -> None:
         f"Measured {environment()}. " + " ".join(__doc__.split("\n\n")[2].split()),
         "",
         f"Command: `bash benchmarks/setup.sh && .venv-bench/bin/python -m benchmarks.cgmq --models {args.models} "
-        f"--datasets {args.datasets} --bounds {args.bounds} --granularities {args.granularities} --seeds {args.seeds}`",
+        f"--datasets {args.datasets} --bounds {args.bounds} --granularities {args.granularities} --seeds {args.seeds} "
+        f"--threads {args.threads}`",
         "",
         "| model | dataset | bound (= uniform BOPs) | CGMQ gates | seeds | CGMQ accuracy (%) | uniform LSQ "
         "accuracy (%) | Δ (pt) | CGMQ BOPs / bound | bound met | runs projected |",

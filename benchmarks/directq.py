@@ -122,7 +122,7 @@ def main() -> None:
         f"Measured {environment()}, brevitas {brevitas.__version__}. " + " ".join(__doc__.split("\n\n")[2].split()),
         "",
         f"Command: `bash benchmarks/setup.sh && .venv-bench/bin/python -m benchmarks.directq --models {args.models} "
-        f"--datasets {args.datasets} --bits {args.bits} --seeds {args.seeds}`",
+        f"--datasets {args.datasets} --bits {args.bits} --seeds {args.seeds} --threads {args.threads}`",
         "",
         "| model | dataset | W/A | variant | seeds | test accuracy (%) | Δ vs LSQ (pt) | step / LSQ |",
         "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |",
