@@ -101,7 +101,8 @@ def main() -> None:
                              f"| {pm(uniform)} | {delta:+.2f} | ≤ {ratio:.3f} | {met}/{len(rows)} | "
                              f"{projected}/{len(rows)} |")
     lines += ["", "± is the sample standard deviation over seeds. \"CGMQ BOPs / bound\" is the largest ratio over "
-              "the seeds; \"runs projected\" counts runs that ended above the bound and were projected onto it."]
+              "the seeds; \"runs projected\" counts runs in which the projection switched gates off (when the "
+              "gates froze for the last 30 % of the epochs, or after the last step)."]
     table = "\n".join(lines)
     if not args.no_write:
         update_section(args.section, table)
