@@ -74,13 +74,16 @@ def build(variant: str, model_name: str, ds, bits: int, seed: int) -> nn.Module:
 
 
 def accuracy_run(model_name: str, dataset: str, variant: str, bits: int, seed: int, out: Path,
-                 threads: int = 2) -> dict:
-    """Train one (model, dataset, variant, bits, seed) with the reference recipe; cached as JSON in ``out``."""
+                 threads: int = 2, scheduler: str = "none") -> dict:
+    """Train one (model, dataset, variant, bits, seed) with the reference recipe (or its learning-rate
+    ``scheduler``: "cosine"); cached as JSON in ``out``."""
     tag = "fp32" if variant == "fp32" else f"{variant}-w{bits}a{bits}"
+    tag += "" if scheduler == "none" else f"-{scheduler}"
     path = out / f"{model_name}-{dataset}-{tag}-s{seed}.json"
     if path.exists():
         return json.loads(path.read_text())
-    cfg = TrainConfig(model=model_name, dataset=dataset, seed=seed, num_threads=threads, **SETTINGS[dataset])
+    cfg = TrainConfig(model=model_name, dataset=dataset, seed=seed, num_threads=threads, scheduler=scheduler,
+                      **SETTINGS[dataset])
     ds = data.get(dataset, split="train")
     t0 = time.perf_counter()
     result = train(cfg, model=build(variant, model_name, ds, bits, seed), quiet=True)
@@ -110,6 +113,7 @@ def main() -> None:
     parser.add_argument("--section", default="directq", help="BENCHMARKS.md section to (re)write")
     parser.add_argument("--runs-only", action="store_true", help="train (and cache) the runs; no timing, no table")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each training run")
+    parser.add_argument("--scheduler", default="none", help="learning-rate schedule: none (the reference) | cosine")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     import brevitas
@@ -117,20 +121,24 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = args.variants.split(",")
     lines = [
-        f"## DirectQ vs LSQ / PACT (core) vs Brevitas: {args.models} on {args.datasets}",
+        f"## DirectQ vs LSQ / PACT (core) vs Brevitas: {args.models} on {args.datasets}"
+        + ("" if args.scheduler == "none" else f", {args.scheduler} learning rate"),
         "",
         f"Measured {environment()}, brevitas {brevitas.__version__}. " + " ".join(__doc__.split("\n\n")[2].split()),
         "",
         f"Command: `bash benchmarks/setup.sh && .venv-bench/bin/python -m benchmarks.directq --models {args.models} "
-        f"--datasets {args.datasets} --bits {args.bits} --seeds {args.seeds} --threads {args.threads}`",
+        f"--datasets {args.datasets} --bits {args.bits} --seeds {args.seeds} --threads {args.threads} "
+        f"--scheduler {args.scheduler}`",
         "",
         "| model | dataset | W/A | variant | seeds | test accuracy (%) | Δ vs LSQ (pt) | step / LSQ |",
         "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
     grid = [(m, d, int(b)) for m in args.models.split(",") for d in args.datasets.split(",")
             for b in args.bits.split(",")]
-    accs_of = {(m, d, b): {v: [accuracy_run(m, d, v, b, s, args.out, args.threads)["test_acc"] for s in seeds]
-                           for v in variants} for m, d, b in grid}
+    def seed_accs(m: str, d: str, b: int, v: str) -> list[float]:
+        return [accuracy_run(m, d, v, b, s, args.out, args.threads, args.scheduler)["test_acc"] for s in seeds]
+
+    accs_of = {(m, d, b): {v: seed_accs(m, d, b, v) for v in variants} for m, d, b in grid}
     if args.runs_only:
         return
     torch.set_num_threads(2)
