@@ -14,6 +14,7 @@ from bitsmith.engine import Callback
 from bitsmith.engine import distributed as dist
 from bitsmith.methods.cgmq.config import CGMQConfig
 from bitsmith.methods.cgmq.constraint import BopConstraint, gate_parameters, gated_layers
+from bitsmith.methods.cgmq.gates import GatedQuantizer
 
 if TYPE_CHECKING:
     from bitsmith.engine.trainer import Trainer
@@ -56,6 +57,10 @@ class CGMQCallback(Callback):
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         """Entering the frozen phase: project onto the bound first, so the widths trained on are final."""
+        frozen = epoch >= self._freeze_epoch(trainer)
+        for module in self.constraint.model.modules():
+            if isinstance(module, GatedQuantizer):
+                module.frozen = frozen
         if epoch == self._freeze_epoch(trainer):
             self.projected += self.constraint.project()
             with torch.no_grad():

@@ -52,6 +52,7 @@ class GatedQuantizer(nn.Module):
                             key=lambda b: abs(b - ref_bits))
         self._signed = signed
         self.learnable = True
+        self.frozen = False  # set while the gates are frozen: no gate gradients, only the selected widths computed
         self.log_scale = nn.Parameter(torch.zeros(channels or 1))
         # staggered start: the finest refinement has the smallest gate, so under a uniform push the top widths
         # switch off first (32, then 16, ...) instead of every refinement of a group at once
@@ -154,25 +155,34 @@ class GatedQuantizer(nn.Module):
         per_scale = x.numel() // (self.channels or (x.shape[0] if self.role == "activation" and x.dim() else 1))
         return 1.0 / math.sqrt(max(per_scale, 1) * max(qmax, 1))
 
+    def _depth(self, gate_grad: bool) -> int:
+        """How many refinements must be computed: up to the deepest gate that is on anywhere, plus the next one
+        when gates need gradients (beyond it every term is multiplied by an off gate and is exactly zero)."""
+        on = (self.gates.detach() > 0).reshape(self.gates.shape[0], -1).any(dim=1).tolist()
+        last_on = max((k + 1 for k, flag in enumerate(on) if flag), default=0)
+        return min(len(on), last_on + 1) if gate_grad else last_on
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Quantize ``x`` at the bit width its gates select (identity for an activation not yet initialised in
         eval mode, as the core quantizers do)."""
         if not initialize_on_first_batch(self, x):
             return x
         signed = self._signed_now()
+        gate_grad = self.gates.requires_grad and torch.is_grad_enabled() and not self.frozen
+        depth = self._depth(gate_grad)
         levels = []
-        for k, b in enumerate(self.bit_list):
+        for k, b in enumerate(self.bit_list[: depth + 1]):
             if b == FULL_PRECISION:
                 levels.append(x)
                 continue
             qmin, qmax = qrange(b, signed)
             levels.append(fake_quant(x, self.scale_at(k), None, qmin, qmax, self._grad_factor(x, qmax)))
-        z = [self._view(zk, x) for zk in self.chain(ste=self.gates.requires_grad and torch.is_grad_enabled())]
+        z = [self._view(zk, x) for zk in self.chain(ste=gate_grad)[:depth]]
         acc = None
         for k in range(len(levels) - 1, 0, -1):
             step = levels[k] - levels[k - 1] if acc is None else levels[k] - levels[k - 1] + acc
             acc = z[k - 1] * step
-        return levels[0] + acc
+        return levels[0] if acc is None else levels[0] + acc
 
     def _view(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if z.dim() == 0 or z.shape == x.shape:
