@@ -74,3 +74,12 @@ def step_times(models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Ten
         for v in models:
             times[v] += [step(v, r * steps + i) for i in range(steps)]
     return {v: 1000 * statistics.median(t) for v, t in times.items()}
+
+
+def publish(section: str, lines: Sequence[str], write: bool = True) -> str:
+    """Join a table's ``lines``, (re)write it as ``section`` of BENCHMARKS.md unless ``write`` is False, print it."""
+    table = "\n".join(lines)
+    if write:
+        update_section(section, table)
+    print(table)
+    return table

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import ROOT, environment, mean_std, pm, update_section
+from benchmarks._common import ROOT, environment, mean_std, pm, publish
 from benchmarks.directq import OUT as LSQ_OUT
 from benchmarks.directq import SETTINGS
 from benchmarks.directq import accuracy_run as uniform_run
@@ -103,10 +103,7 @@ def main() -> None:
     lines += ["", "± is the sample standard deviation over seeds. \"CGMQ BOPs / bound\" is the largest ratio over "
               "the seeds; \"runs projected\" counts runs in which the projection switched gates off (when the "
               "gates froze for the last 30 % of the epochs, or after the last step)."]
-    table = "\n".join(lines)
-    if not args.no_write:
-        update_section(args.section, table)
-    print(table)
+    publish(args.section, lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

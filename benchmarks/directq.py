@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks._common import ROOT, environment, mean_std, pm, step_times, update_section
+from benchmarks._common import ROOT, environment, mean_std, pm, publish, step_times
 from bitsmith import _io, data, zoo
 from bitsmith.engine import TrainConfig, seeding, train
 from bitsmith.methods import directq
@@ -153,10 +153,7 @@ def main() -> None:
             lines.append(f"| {model_name} | {dataset} | {bits}/{bits} | {v} | {len(seeds)} | {pm(accs[v])} "
                          f"| {delta} | {ratio} |")
     lines += ["", "± is the sample standard deviation over seeds."]
-    table = "\n".join(lines)
-    if not args.no_write:
-        update_section(args.section, table)
-    print(table)
+    publish(args.section, lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -145,7 +145,6 @@ def write_artifacts(model: nn.Module, out: Path, trajectory: Sequence[float], bo
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bitsmith import _io
     from bitsmith.quant import bits_assignment
 
     bits_assignment(model).save(out / BITS_FILE)
@@ -162,17 +161,23 @@ def write_artifacts(model: nn.Module, out: Path, trajectory: Sequence[float], bo
     ax.set_yscale("log", base=2)
     ax.set_ylabel("bits")
     ax.set_title("Learned bit widths per layer (each dot: one weight group)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    _io.savefig(out / BITS_CHART, fig, dpi=120)
-    plt.close(fig)
+    _finish(fig, ax, out / BITS_CHART)
     fig, ax = plt.subplots(figsize=(6, 3.4))
     ax.plot(range(1, len(trajectory) + 1), trajectory, lw=1, label="BOPs (hard gates)")
     ax.axhline(bound, color="tab:red", ls="--", label="bound")
     ax.set_xlabel("training step")
     ax.set_ylabel("BOPs per sample")
     ax.set_yscale("log")
+    _finish(fig, ax, out / TRAJECTORY_PLOT)
+
+
+def _finish(fig: Any, ax: Any, path: Path) -> None:
+    """Legend, layout, atomic save, close."""
+    import matplotlib.pyplot as plt
+
+    from bitsmith import _io
+
     ax.legend(fontsize=7)
     fig.tight_layout()
-    _io.savefig(out / TRAJECTORY_PLOT, fig, dpi=120)
+    _io.savefig(path, fig, dpi=120)
     plt.close(fig)
