@@ -26,7 +26,7 @@ from torch import nn
 
 from bitsmith.errors import ConfigError
 from bitsmith.quant.quantizers import LSQQuantizer
-from bitsmith.quant.ste import MIN_SCALE, _broadcast, fake_quant, quant_dequant
+from bitsmith.quant.ste import MIN_SCALE, _broadcast, _dot, fake_quant, quant_dequant
 
 
 class _AddGrad(torch.autograd.Function):
@@ -63,11 +63,7 @@ class _OnGrid(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (codes,) = ctx.saved_tensors
-        ds = None
-        if ctx.needs_input_grad[1]:
-            prod = dy * codes
-            ds = (prod.sum() if ctx.shape.numel() == 1 else prod.reshape(prod.shape[0], -1).sum(1))
-            ds = ds.reshape(ctx.shape) * ctx.factor
+        ds = _dot(dy, codes, ctx.shape) * ctx.factor if ctx.needs_input_grad[1] else None
         return dy, ds, None, None
 
 
