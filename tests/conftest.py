@@ -50,12 +50,12 @@ def interrupted_and_resumed():
                 raise KeyboardInterrupt
 
     def run(reference, run_dir, stop_epoch):
-        model, cfg, _ = runs.build_run_model(reference)
+        model, cfg, train_ds = runs.build_run_model(reference)
         with pytest.raises(KeyboardInterrupt):
             train(cfg, run_dir, model=model, run_config=runs.read_config(reference), quiet=True,
-                  callbacks=runs.run_callbacks(reference, model) + [Interrupt(stop_epoch)])
-        model, cfg, _ = runs.build_run_model(run_dir)
+                  callbacks=runs.run_callbacks(reference, model, train_ds) + [Interrupt(stop_epoch)])
+        model, cfg, train_ds = runs.build_run_model(run_dir)
         return train(cfg, run_dir, model=model, run_config=runs.read_config(run_dir), quiet=True, resume=True,
-                     callbacks=runs.run_callbacks(run_dir, model))
+                     callbacks=runs.run_callbacks(run_dir, model, train_ds))
 
     return run

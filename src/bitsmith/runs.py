@@ -116,13 +116,12 @@ def build_run_model(run_dir: str | Path) -> tuple[nn.Module, TrainConfig, Any]:
     return model, cfg, train_ds
 
 
-def run_callbacks(run_dir: str | Path, model: nn.Module) -> list[Callback]:
-    """The callbacks the run's transforms need to train ``model`` (its rebuilt model), e.g. to resume it."""
-    cfg_dict = read_config(run_dir)
-    train_ds = load_split(train_config(run_dir), "train")
+def run_callbacks(run_dir: str | Path, model: nn.Module, train_ds: Any) -> list[Callback]:
+    """The callbacks the run's transforms need to train ``model``, e.g. to resume it; ``model`` and ``train_ds``
+    are what :func:`build_run_model` returned for the run."""
     input_shape = (train_ds.in_channels, *train_ds.image_size)
     callbacks: list[Callback] = []
-    for step in cfg_dict.get("model_transforms", []):
+    for step in read_config(run_dir).get("model_transforms", []):
         if step["name"] in CALLBACKS:
             callbacks += CALLBACKS[step["name"]](model, step.get("config", {}), input_shape)
     return callbacks
