@@ -45,8 +45,10 @@ def assert_on_grid(model: nn.Module, bits: int) -> None:
         scale = layer.weight_quant.scale_tensor().detach().view(-1, *[1] * (wq.dim() - 1))
         assert torch.equal(wq, codes.float() * scale), name
         assert torch.equal(layer.weight.detach(), wq), f"{name}: stored weight is off the grid"
-        for row in wq.reshape(wq.shape[0], -1):
+        levels = layer.weight_quant.levels()
+        for row, row_levels in zip(wq.reshape(wq.shape[0], -1), levels, strict=True):
             assert row.unique().numel() <= 2 ** bits, name
+            assert torch.isin(row, row_levels).all(), f"{name}: a weight is not one of its levels"
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
