@@ -51,6 +51,18 @@ def _cgmq_transform(model: nn.Module, config: dict[str, Any], input_shape: tuple
     return cgmq.prepare(model, cgmq.CGMQConfig.from_dict(config), input_shape)
 
 
+def _dnas_transform(model: nn.Module, config: dict[str, Any], input_shape: tuple[int, ...]) -> nn.Module:
+    from bitsmith.methods import dnas
+
+    return dnas.prepare(model, dnas.DNASConfig.from_dict(config), input_shape)
+
+
+def _dnas_callbacks(model: nn.Module, config: dict[str, Any], input_shape: tuple[int, ...]) -> list[Callback]:
+    from bitsmith.methods import dnas
+
+    return [dnas.DNASCallback(model, dnas.DNASConfig.from_dict(config), input_shape)]
+
+
 def _cgmq_callbacks(model: nn.Module, config: dict[str, Any], input_shape: tuple[int, ...]) -> list[Callback]:
     from bitsmith.methods import cgmq
 
@@ -62,10 +74,12 @@ TRANSFORMS: dict[str, Callable[[nn.Module, dict[str, Any], tuple[int, ...]], nn.
     "quantize": _quantize_transform,
     "directq": _directq_transform,
     "cgmq": _cgmq_transform,
+    "dnas": _dnas_transform,
 }
 # transform name -> function (transformed model, config dict, input shape) -> the callbacks its training needs
 CALLBACKS: dict[str, Callable[[nn.Module, dict[str, Any], tuple[int, ...]], list[Callback]]] = {
     "cgmq": _cgmq_callbacks,
+    "dnas": _dnas_callbacks,
 }
 
 
@@ -127,6 +141,31 @@ def run_callbacks(run_dir: str | Path, model: nn.Module, train_ds: Any) -> list[
     return callbacks
 
 
+def resume_run(run_dir: str | Path, quiet: bool = False) -> Any:
+    """Continue an interrupted run from its checkpoint (model, transforms and callbacks rebuilt from its
+    config.json); returns the ``TrainResult``."""
+    model, cfg, train_ds = build_run_model(run_dir)
+    return train(cfg, run_dir, model=model, run_config=read_config(run_dir), quiet=quiet, resume=True,
+                 callbacks=run_callbacks(run_dir, model, train_ds))
+
+
+def final_run_metrics(run_dir: str | Path) -> dict[str, Any]:
+    """The final metrics of a finished run (its last epoch record with that epoch's evaluations)."""
+    from bitsmith.engine import final_metrics
+
+    return final_metrics(read_metrics(run_dir))
+
+
+def run_finished(run_dir: str | Path) -> bool:
+    """True if ``run_dir`` holds a run that trained all of its epochs."""
+    from bitsmith.engine import is_run_dir
+
+    if not is_run_dir(run_dir):
+        return False
+    epochs = [r for r in read_metrics(run_dir) if r.get("type") == "epoch"]
+    return bool(epochs) and epochs[-1].get("epoch") == train_config(run_dir).epochs
+
+
 def load_model(run_dir: str | Path) -> nn.Module:
     """The trained model of a run, rebuilt from its config and loaded from its checkpoint (data only, no code)."""
     model, _, _ = build_run_model(run_dir)
@@ -164,6 +203,7 @@ def write_run_report(run_dir: str | Path) -> Path:
 
     sections = [("Cost per sample (per layer)", cost_markdown(run_cost(run_dir)))]
     sections += _bound_sections(Path(run_dir))
+    sections += _search_sections(Path(run_dir))
     return write_report(run_dir, sections=sections)
 
 
@@ -183,6 +223,31 @@ def _bound_sections(run_dir: Path) -> list[tuple[str, str]]:
     if (run_dir / "bits.json").exists():
         lines.append("\nThe learned widths are in `bits.json` (per output channel, the widest of its weights).")
     return [("BOP bound", "\n".join(lines))]
+
+
+def _search_sections(run_dir: Path) -> list[tuple[str, str]]:
+    """Report section of a DNAS pipeline's retrained run: budget, derived and repaired BOPs, chosen widths."""
+    path = run_dir / "search_result.json"
+    if not path.is_file():
+        return []
+    result = _io.read_json(path, "search result", CheckpointError)
+    met = "met" if result["bops"] <= result["budget_bops"] else "NOT met"
+    lines = [f"Budget {result['budget_bops']:.6g} BOPs per sample; the searched configuration costs "
+             f"{result['searched_bops']:.6g}, the retrained one {result['bops']:.6g}: budget {met}.",
+             ("The derived configuration was over the budget and was repaired (lowered in the most expensive "
+              f"layers): {json.dumps(result['repairs'])}." if result["repaired"] else
+              "The derived configuration met the budget; no repair was needed."),
+             f"Search {result['search_time_s']:.1f} s ({result['estimator']} estimator), retraining "
+             f"{result['retrain_time_s']:.1f} s from {result['retrain_from']}.",
+             "", "| layer | filters per weight width | mean weight bits | kept | activation bits |",
+             "| --- | --- | ---: | ---: | ---: |"]
+    for name, layer in result["layers"].items():
+        split = ", ".join(f"{k}: {v}" for k, v in layer["filters"].items())
+        lines.append(f"| {name} | {split} | {layer['mean_weight_bits']:.2f} | {layer['kept']}/{layer['out_channels']}"
+                     f" | {layer['act_bits']} |")
+    if (run_dir / "search" / "search_trajectory.png").exists():
+        lines.append("\n![search trajectory](search/search_trajectory.png)")
+    return [("DNAS search", "\n".join(lines))]
 
 
 def quantize_run(source: str | Path, qconfig: Any, out: str | Path, *, epochs: int = 10, lr: float = 1e-4,

@@ -46,24 +46,38 @@ def check_names(model: str, dataset: str) -> None:
         raise BitsmithError(f"unknown dataset {dataset!r}; available: {', '.join(data.list_datasets())}")
 
 
-def train_method(transform: str, config: Any, out: Path, *, source: Path | None, model: str, dataset: str,
-                 data_root: Path | None, seed: int, threads: int | None, batch_size: int | None, epochs: int | None,
-                 lr: float | None, scheduler: str | None, quiet: bool) -> dict[str, Any]:
-    """What every method command does: fine-tune the float run ``source`` (defaults: 10 epochs, lr 1e-4, cosine)
-    or, without it, train ``model`` on ``dataset`` from scratch (30 epochs, lr 1e-3, constant), through
-    ``runs.method_run``; returns the final metrics."""
-    from bitsmith import runs
+def parse_ints(text: str, option: str, example: str = "2,4,8") -> list[int]:
+    """A comma-separated list of integers from the command line (one-line error naming ``option`` otherwise)."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise BitsmithError(f"{option} {text!r}: expected comma-separated integers such as {example}") from None
+
+
+def method_base(source: Path | None, *, model: str, dataset: str, data_root: Path | None,
+                seed: int) -> tuple[Any, dict[str, Any]]:
+    """What a method command starts from: (None, fine-tuning defaults) for a float run ``source`` (10 epochs, lr
+    1e-4, cosine), or (a TrainConfig of ``model`` on ``dataset``, from-scratch defaults: 30 epochs, lr 1e-3,
+    constant)."""
     from bitsmith.engine import TrainConfig
 
     if source is None:
         check_names(model, dataset)
         base = TrainConfig(model=model, dataset=dataset, data_root=str(data_root) if data_root else None, seed=seed)
-        defaults = {"epochs": 30, "lr": 1e-3, "scheduler": "none"}
-    else:
-        if not source.is_dir():
-            raise BitsmithError(f"--from {source}: no such run directory")
-        base = None
-        defaults = {"epochs": 10, "lr": 1e-4, "scheduler": "cosine"}
+        return base, {"epochs": 30, "lr": 1e-3, "scheduler": "none"}
+    if not source.is_dir():
+        raise BitsmithError(f"--from {source}: no such run directory")
+    return None, {"epochs": 10, "lr": 1e-4, "scheduler": "cosine"}
+
+
+def train_method(transform: str, config: Any, out: Path, *, source: Path | None, model: str, dataset: str,
+                 data_root: Path | None, seed: int, threads: int | None, batch_size: int | None, epochs: int | None,
+                 lr: float | None, scheduler: str | None, quiet: bool) -> dict[str, Any]:
+    """What every method command does: fine-tune the float run ``source`` or train ``model`` on ``dataset`` from
+    scratch (defaults: :func:`method_base`), through ``runs.method_run``; returns the final metrics."""
+    from bitsmith import runs
+
+    base, defaults = method_base(source, model=model, dataset=dataset, data_root=data_root, seed=seed)
     check_writable_out(out)
     return runs.method_run(transform, config, out, source=source, base=base, quiet=quiet, seed=seed,
                            num_threads=threads, batch_size=batch_size, epochs=epochs or defaults["epochs"],

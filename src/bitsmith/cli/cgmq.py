@@ -6,9 +6,8 @@ from pathlib import Path
 
 import typer
 
-from bitsmith.cli._common import console, percent, train_method
+from bitsmith.cli._common import console, parse_ints, percent, train_method
 from bitsmith.engine import distributed
-from bitsmith.errors import BitsmithError
 
 
 def cgmq_cmd(
@@ -38,10 +37,7 @@ def cgmq_cmd(
     from bitsmith import runs
     from bitsmith.methods.cgmq import CGMQConfig
 
-    try:
-        widths = [int(b) for b in bits.split(",")]
-    except ValueError:
-        raise BitsmithError(f"--bits {bits!r}: expected comma-separated integers such as 2,4,8,16,32") from None
+    widths = parse_ints(bits, "--bits", "2,4,8,16,32")
     cfg = CGMQConfig(bop_budget=bop_budget, relative_to=relative_to, granularity=granularity, bits=widths,
                      gate_lr=gate_lr, factor=factor)
     metrics = train_method("cgmq", cfg, out, source=source, model=model, dataset=dataset, data_root=data_root,

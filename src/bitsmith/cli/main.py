@@ -26,6 +26,7 @@ _COMMAND_MODULES = (
     "bitsmith.cli.quantize",
     "bitsmith.cli.directq",
     "bitsmith.cli.cgmq",
+    "bitsmith.cli.search",
 )
 
 for _name in _COMMAND_MODULES:

@@ -18,9 +18,7 @@ def run_training(cfg: TrainConfig, out: Path, quiet: bool, resume: bool = False)
     from bitsmith import runs
 
     if resume:
-        model, cfg, train_ds = runs.build_run_model(out)
-        result = train(cfg, out, model=model, run_config=runs.read_config(out), quiet=quiet, resume=True,
-                       callbacks=runs.run_callbacks(out, model, train_ds))
+        result = runs.resume_run(out, quiet=quiet)
     else:
         check_writable_out(out)
         result = train(cfg, out, quiet=quiet)

@@ -1,0 +1,171 @@
+"""Jobs made of several runs: the DNAS pipeline (search, derive, retrain) and the grid-search variance study.
+
+They sit beside :mod:`bitsmith.runs` (which they build on) because each phase is a run of its own: the search is a
+``dnas`` run, the retrained model and every grid point are ``quantize`` runs, so each re-builds, resumes and
+reports like any other run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bitsmith import _io, runs
+from bitsmith.engine import TrainConfig, build_model, is_run_dir, load_split
+from bitsmith.errors import BitsmithError, ConfigError
+
+SEARCH_DIR = "search"
+BITS_FILE = "bits.json"
+SEARCH_RESULT = "search_result.json"
+GRID_RESULT = "grid.json"
+GRID_PLOT = "grid.png"
+
+
+def _input_shape(cfg: TrainConfig) -> tuple[int, ...]:
+    ds = load_split(cfg, "train")
+    return (ds.in_channels, *ds.image_size)
+
+
+def _run(transform: str, config: Any, out: Path, *, source: Path | None, base: TrainConfig | None, quiet: bool,
+         resume: bool, **overrides: Any) -> dict[str, Any]:
+    """One phase as a run: reuse it when finished, resume it when interrupted (with ``resume``), else train it."""
+    if resume and runs.run_finished(out):
+        return runs.final_run_metrics(out)
+    if resume and is_run_dir(out):
+        return runs.resume_run(out, quiet=quiet).metrics
+    return runs.method_run(transform, config, out, source=source, base=base, quiet=quiet, **overrides)
+
+
+def _base(source: Path | None, base: TrainConfig | None) -> TrainConfig:
+    if source is not None:
+        return runs.train_config(source)
+    if base is None:
+        raise BitsmithError("a DNAS search needs a source run or a base TrainConfig")
+    return base
+
+
+def dnas_search(config: Any, out: str | Path, *, source: str | Path | None = None, base: TrainConfig | None = None,
+                search_epochs: int | None = None, retrain_epochs: int | None = None, retrain_from: str = "float",
+                quiet: bool = False, resume: bool = False, **overrides: Any) -> dict[str, Any]:
+    """Search (``out/search``, a ``dnas`` run on the train/val split), derive and check the configuration
+    (``out/bits.json``, ``out/search_result.json``; repaired if over the budget), and retrain it into ``out`` (a
+    ``quantize`` run on the full training split) from the float checkpoint of ``source`` (``retrain_from="float"``)
+    or from scratch. Returns the summary, with the retrained model's test accuracy and exact BOPs.
+
+    ``overrides`` replace TrainConfig fields of both phases (lr, seed, ...); ``resume`` continues an interrupted
+    pipeline where it stopped.
+    """
+    from bitsmith.methods import dnas
+    from bitsmith.quant import QConfig
+
+    if retrain_from not in ("float", "scratch"):
+        raise ConfigError(f"retrain_from {retrain_from!r} is not known; accepted: float, scratch")
+    if retrain_from == "float" and source is None:
+        raise ConfigError("retraining from the float checkpoint needs a source run (--from); or retrain from scratch")
+    out = Path(out)
+    source = Path(source) if source is not None else None
+    train_base = _base(source, base)
+    t0 = time.perf_counter()
+    _run("dnas", config, out / SEARCH_DIR, source=source, base=base, quiet=quiet, resume=resume, val=True,
+         epochs=search_epochs, **overrides)
+    search_time = time.perf_counter() - t0
+
+    search_model = runs.load_model(out / SEARCH_DIR)
+    shape = _input_shape(runs.train_config(out / SEARCH_DIR))
+    space = dnas.SearchSpace(search_model, shape, config)
+    derivation = dnas.derive(space)
+    derivation.bits.save(out / BITS_FILE)
+    float_model = runs.load_model(source) if source is not None else build_model(train_base, load_split(
+        train_base, "train"))
+    qconfig = QConfig.from_bits(derivation.bits, fold_bn=config.prune and dnas.has_batchnorm(float_model))
+
+    t1 = time.perf_counter()
+    metrics = _run("quantize", qconfig, out, source=source if retrain_from == "float" else None,
+                   base=None if retrain_from == "float" else train_base, quiet=quiet, resume=resume, val=False,
+                   epochs=retrain_epochs, **overrides)
+    retrain_time = time.perf_counter() - t1
+    exact = runs.run_cost(out).total_bops
+    if exact != round(derivation.bops):
+        raise BitsmithError(f"the retrained model costs {exact} BOPs but the derived configuration "
+                            f"{derivation.bops:.0f}; the search space and the core quantizer disagree (please report "
+                            "this)")
+    summary = derivation.summary(space)
+    summary.update(retrained_bops=exact, test_acc=metrics.get("test_acc"), search_time_s=search_time,
+                   retrain_time_s=retrain_time, search_epochs=runs.train_config(out / SEARCH_DIR).epochs,
+                   estimator=config.estimator, retrain_from=retrain_from)
+    _io.write_json(out / SEARCH_RESULT, summary)
+    runs.write_run_report(out)
+    return summary
+
+
+def grid_study(config: Any, out: str | Path, *, source: str | Path | None = None, base: TrainConfig | None = None,
+               configs: int = 8, seeds: Sequence[int] = (0, 1, 2), tolerance: float = 0.03, sample_seed: int = 0,
+               quiet: bool = False, **overrides: Any) -> dict[str, Any]:
+    """The grid-search baseline and its variance study: ``configs`` random configurations of ``config``'s search
+    space within ``tolerance`` below its budget, each trained (a ``quantize`` run, like the DNAS retraining) with
+    every seed of ``seeds``; then the one-way analysis of variance of their test accuracy. Finished runs are
+    reused, so an interrupted study continues where it stopped. Writes ``grid.json``, ``grid.png`` and the
+    per-configuration bits files under ``out``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bitsmith.methods import dnas
+    from bitsmith.quant import QConfig
+
+    if len(set(seeds)) < 2:
+        raise ConfigError("the grid study needs at least two distinct seeds per configuration")
+    out = Path(out)
+    source = Path(source) if source is not None else None
+    train_base = _base(source, base)
+    shape = _input_shape(train_base)
+    float_model = runs.load_model(source) if source is not None else build_model(train_base, load_split(
+        train_base, "train"))
+    space = dnas.SearchSpace(dnas.prepare(float_model, config, shape), shape, config)
+    sampled = dnas.grid.sample_configs(space, configs, tolerance=tolerance, seed=sample_seed)
+    fold = config.prune and dnas.has_batchnorm(float_model)
+    points = []
+    with Progress(TextColumn("grid"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  disable=quiet) as bar:
+        task = bar.add_task("runs", total=len(sampled) * len(seeds))
+        for i, choices in enumerate(sampled):
+            bits = space.assignment(choices)
+            bits.save(out / "configs" / f"c{i}.bits.json")
+            accs = []
+            for seed in seeds:
+                run_dir = out / "runs" / f"c{i}-s{seed}"
+                metrics = _run("quantize", QConfig.from_bits(bits, fold_bn=fold), run_dir, source=source,
+                               base=None if source is not None else train_base, quiet=True, resume=True, seed=seed,
+                               val=False, **overrides)
+                accs.append(float(metrics["test_acc"]))
+                bar.advance(task)
+            points.append({"config": i, "bops": space.bops(choices), "test_acc": accs,
+                           "bits_file": f"configs/c{i}.bits.json"})
+    study = dnas.grid.variance_study([p["test_acc"] for p in points])
+    result = {"budget_bops": space.budget, "tolerance": tolerance, "seeds": list(seeds), "points": points, **study}
+    _io.write_json(out / GRID_RESULT, result)
+    plot_grid(result, out / GRID_PLOT)
+    return result
+
+
+def plot_grid(result: dict[str, Any], path: Path) -> None:
+    """Test accuracy of every grid configuration (one column each, sorted by mean; dots = seeds, bar = mean)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = sorted(result["points"], key=lambda p: sum(p["test_acc"]) / len(p["test_acc"]))
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(points) + 2), 3.4))
+    for x, p in enumerate(points):
+        accs = [100 * a for a in p["test_acc"]]
+        ax.scatter([x] * len(accs), accs, s=12, color="tab:blue", alpha=0.7)
+        ax.hlines(sum(accs) / len(accs), x - 0.3, x + 0.3, color="black", lw=1.5)
+    ax.set_xticks(range(len(points)), [f"c{p['config']}" for p in points], fontsize=7)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{len(points)} configurations at ~{result['budget_bops']:.3g} BOPs: std across configs "
+                 f"{100 * result['config_std']:.2f}, across seeds {100 * result['seed_std']:.2f} "
+                 f"(p={result['p_value']:.2g})", fontsize=8)
+    fig.tight_layout()
+    _io.savefig(path, fig, dpi=120)
+    plt.close(fig)
