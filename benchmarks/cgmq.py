@@ -28,7 +28,8 @@ from bitsmith import _io, data, zoo
 from bitsmith.engine import TrainConfig, seeding, train
 from bitsmith.methods import cgmq
 
-BOUNDS = {"w8a8": (1.0, 8), "w4a4": (0.25, 4), "w2a2": (0.0625, 2)}  # budget relative to W8A8, uniform width
+# bound name -> (budget relative to W8A8, the uniform width with those BOPs)
+BOUNDS = {"w8a8": (1.0, 8), "w4a4": (0.25, 4), "w3a3": (0.140625, 3), "w2a2": (0.0625, 2)}
 OUT = ROOT / "benchmarks" / "out" / "cgmq"
 
 

@@ -453,3 +453,15 @@ def test_property_soft_inputs_have_finite_gradients(case):
     for tensor in (*w.values(), *a.values(), *keep.values()):
         assert tensor.grad is not None and torch.isfinite(tensor.grad).all()
     assert all(keep[g.name].grad.abs().sum() > 0 for g in cost.layers)
+
+
+def test_a_relative_budget_is_a_fraction_of_the_uniform_w8a8_or_fp32_cost():
+    model = create_model("lenet5", 10, 1, (16, 16))
+    cost = DifferentiableCost(trace(model, (1, 16, 16)))
+    w8a8 = model_cost(model, (1, 16, 16), weight_bits=8, act_bits=8).total_bops
+    assert cost.uniform(8) == w8a8
+    assert cost.budget(0.25, "w8a8") == 0.25 * w8a8
+    assert cost.budget(0.5, "fp32") == 0.5 * model_cost(model, (1, 16, 16)).total_bops
+    assert cost.budget(1234.0, "absolute") == 1234.0
+    with pytest.raises(BitsmithError, match="accepted: w8a8, fp32, absolute"):
+        cost.budget(0.25, "w4a4")

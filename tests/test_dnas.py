@@ -105,7 +105,7 @@ def test_the_derived_configuration_always_meets_the_budget(lenet_space, seed, fr
     space = lenet_space
     budget = space.budget
     try:
-        space.budget = space.min_bops + fraction * (space.uniform(8) - space.min_bops)
+        space.budget = space.min_bops + fraction * (space.cost.uniform(8) - space.min_bops)
         set_logits(space, torch.Generator().manual_seed(seed))
         result = dnas.derive(space)
         assert result.bops <= space.budget
@@ -126,7 +126,7 @@ def test_repair_lowers_the_most_expensive_layers_and_is_deterministic(lenet_spac
                 layer.weight_quant.logits.copy_(torch.tensor([-9.0, -9.0, -9.0, 9.0, -9.0]))
             layer.act_quant.logits.copy_(torch.tensor([-9.0, -9.0, 9.0]))
     first = dnas.derive(space)
-    assert first.searched_bops == space.uniform(8) > space.budget
+    assert first.searched_bops == space.cost.uniform(8) > space.budget
     assert first.repaired and first.bops <= space.budget
     costs = model_cost(lenet(), SHAPE, weight_bits=8, act_bits=8).layers
     assert max(costs, key=lambda layer: layer.bops).name in first.repairs  # the costliest layer is lowered

@@ -25,6 +25,8 @@ from bitsmith.graph import Graph
 from bitsmith.graph._graph import _short_list
 
 TensorLike = torch.Tensor | float | int
+#: What a relative BOPs budget is a fraction of: the model at 8/8 bits, at 32/32 bits, or nothing (BOPs per sample).
+RELATIVE_TO = ("w8a8", "fp32", "absolute")
 
 
 class DifferentiableCost:
@@ -92,6 +94,19 @@ class DifferentiableCost:
         """
         return torch.stack(self.per_layer(weight_bits, act_bits, keep)).sum() if self.layers else \
             self._reference(weight_bits, act_bits, keep)
+
+    def uniform(self, bits: int) -> float:
+        """BOPs per sample with every layer at ``bits``/``bits`` and no filter pruned."""
+        names = self.layer_names
+        return float(self.bops({n: bits for n in names}, {n: bits for n in names}))
+
+    def budget(self, value: float, relative_to: str) -> float:
+        """A BOPs budget per sample: ``value`` times the model's BOPs at W8A8 ("w8a8") or FP32 ("fp32"), or
+        ``value`` itself ("absolute")."""
+        if relative_to not in RELATIVE_TO:
+            raise BitsmithError(f"relative_to {relative_to!r} is not known; accepted: {', '.join(RELATIVE_TO)}")
+        reference = {"w8a8": 8, "fp32": 32}.get(relative_to)
+        return value * (self.uniform(reference) if reference else 1.0)
 
     def macs(self, keep: Mapping[str, TensorLike] | None = None) -> torch.Tensor:
         """Expected MACs for keep probabilities (BOPs with every bit width 1)."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bitsmith import _config
+from bitsmith.cost.differentiable import RELATIVE_TO
 from bitsmith.errors import ConfigError
 from bitsmith.quant.quantizers import SUPPORTED_BITS
 
 GRANULARITIES = ("layer", "channel", "weight")
-RELATIVE_TO = ("w8a8", "fp32", "absolute")
 
 
 @dataclass

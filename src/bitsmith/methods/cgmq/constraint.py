@@ -42,18 +42,12 @@ class BopConstraint:
         if missing:
             raise ConfigError(f"CGMQ: layer(s) {', '.join(missing)} are not gated; build the model with "
                               "cgmq.prepare")
-        self.min_bops = self.uniform(config.bits[0])
-        reference = {"w8a8": 8, "fp32": 32}.get(config.relative_to)
-        self.bound = config.bop_budget * (self.uniform(reference) if reference else 1.0)
+        self.min_bops = self.cost.uniform(config.bits[0])
+        self.bound = self.cost.budget(config.bop_budget, config.relative_to)
         if self.bound < self.min_bops:
             raise ConfigError(f"BOP bound {self.bound:.6g} is below the cheapest configuration the gates can "
                               f"reach ({self.min_bops:.6g} BOPs, every layer at {config.bits[0]}/{config.bits[0]} "
                               "bits); raise the budget")
-
-    def uniform(self, bits: int) -> float:
-        """BOPs with every layer at ``bits``/``bits``."""
-        names = self.cost.layer_names
-        return float(self.cost.bops({n: bits for n in names}, {n: bits for n in names}))
 
     def bops(self, ste: bool = False, threshold: float = 0.0) -> torch.Tensor:
         """BOPs per sample at the current gates (exact with ``ste=False``; with gate gradients otherwise)."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bitsmith import _config
+from bitsmith.cost.differentiable import RELATIVE_TO
 from bitsmith.errors import ConfigError
 
-RELATIVE_TO = ("w8a8", "fp32", "absolute")
 ESTIMATORS = ("gumbel", "score")
 PENALTIES = ("target", "square")
 #: Bit widths a search option may take: the core quantizers' widths without 32 (a per-channel weight quantizer

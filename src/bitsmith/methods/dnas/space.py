@@ -100,8 +100,7 @@ class SearchSpace:
         if missing:
             raise ConfigError(f"DNAS: layer(s) {', '.join(missing)} have no search quantizers; build the model with "
                               "dnas.prepare")
-        self.reference = {"w8a8": 8, "fp32": 32}.get(config.relative_to)
-        self.budget = config.budget_bops * (self.uniform(self.reference) if self.reference else 1.0)
+        self.budget = self.cost.budget(config.budget_bops, config.relative_to)
         self.min_bops = self.bops(self.cheapest())
         if self.budget < self.min_bops:
             raise ConfigError(f"BOPs budget {self.budget:.6g} is below the cheapest configuration of the search "
@@ -111,11 +110,6 @@ class SearchSpace:
                               + "); raise the budget")
 
     # -- costs ----------------------------------------------------------------------------------------------
-    def uniform(self, bits: int) -> float:
-        """BOPs with every layer at ``bits``/``bits`` and no filter pruned."""
-        names = self.cost.layer_names
-        return float(self.cost.bops({n: bits for n in names}, {n: bits for n in names}))
-
     def _hard(self, choices: Mapping[str, Choice]) -> tuple[dict, dict, dict]:
         w, a, keep = {}, {}, {}
         for name, layer in self.layers.items():
