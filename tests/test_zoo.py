@@ -213,7 +213,7 @@ def test_init_is_standard() -> None:
         (("lenet5",), {"image_size": 3}, ">= 4"),
         (("vgg_small",), {"image_size": (32, 7)}, "too small for vgg_small"),
         (("resnet18",), {"image_size": 4}, ">= 8"),
-        (("resnet20",), {"width": 2}, "accepted: none"),
+        (("resnet20",), {"depth": 2}, "accepted: width=1.0"),
         (("vgg_small",), {"depth": 2}, "accepted: width=1.0"),
         (("vgg_small",), {"width": "wide"}, "width of vgg_small must be float"),
         (("vgg_small",), {"width": 0}, "in (0, 16]"),

@@ -63,6 +63,18 @@ def _dnas_callbacks(model: nn.Module, config: dict[str, Any], input_shape: tuple
     return [dnas.DNASCallback(model, dnas.DNASConfig.from_dict(config), input_shape)]
 
 
+def _rpg_transform(model: nn.Module, config: dict[str, Any], input_shape: tuple[int, ...]) -> nn.Module:
+    from bitsmith.methods import rpg
+
+    return rpg.wrap(model, rpg.RPGConfig.from_dict(config), input_shape)
+
+
+def _rpg_callbacks(model: nn.Module, config: dict[str, Any], input_shape: tuple[int, ...]) -> list[Callback]:
+    from bitsmith.methods import rpg
+
+    return [rpg.RPGCallback(model, rpg.RPGConfig.from_dict(config))]
+
+
 def _cgmq_callbacks(model: nn.Module, config: dict[str, Any], input_shape: tuple[int, ...]) -> list[Callback]:
     from bitsmith.methods import cgmq
 
@@ -75,11 +87,13 @@ TRANSFORMS: dict[str, Callable[[nn.Module, dict[str, Any], tuple[int, ...]], nn.
     "directq": _directq_transform,
     "cgmq": _cgmq_transform,
     "dnas": _dnas_transform,
+    "rpg": _rpg_transform,
 }
 # transform name -> function (transformed model, config dict, input shape) -> the callbacks its training needs
 CALLBACKS: dict[str, Callable[[nn.Module, dict[str, Any], tuple[int, ...]], list[Callback]]] = {
     "cgmq": _cgmq_callbacks,
     "dnas": _dnas_callbacks,
+    "rpg": _rpg_callbacks,
 }
 
 

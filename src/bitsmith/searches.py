@@ -1,12 +1,14 @@
-"""Jobs made of several runs: the DNAS pipeline (search, derive, retrain) and the grid-search variance study.
+"""Jobs made of several runs: the DNAS pipeline (search, derive, retrain), the grid-search variance study and
+the RPG DoF sweep.
 
 They sit beside :mod:`bitsmith.runs` (which they build on) because each phase is a run of its own: the search is a
-``dnas`` run, the retrained model and every grid point are ``quantize`` runs, so each re-builds, resumes and
-reports like any other run.
+``dnas`` run, the retrained model and every grid point are ``quantize`` runs, every sweep point an ``rpg`` run, so
+each re-builds, resumes and reports like any other run, and a job interrupted halfway continues where it stopped.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -166,6 +168,106 @@ def plot_grid(result: dict[str, Any], path: Path) -> None:
     ax.set_title(f"{len(points)} configurations at ~{result['budget_bops']:.3g} BOPs: std across configs "
                  f"{100 * result['config_std']:.2f}, across seeds {100 * result['seed_std']:.2f} "
                  f"(p={result['p_value']:.2g})", fontsize=8)
+    fig.tight_layout()
+    _io.savefig(path, fig, dpi=120)
+    plt.close(fig)
+
+
+SWEEP_RESULT = "sweep.json"
+SWEEP_PLOT = "sweep.png"
+
+
+def _plain_run(cfg: TrainConfig, out: Path, quiet: bool) -> dict[str, Any]:
+    """A plain (float) training run, reused when finished and resumed when interrupted."""
+    from bitsmith.engine import train
+
+    if runs.run_finished(out):
+        return runs.final_run_metrics(out)
+    if is_run_dir(out):
+        return runs.resume_run(out, quiet=quiet).metrics
+    return train(cfg, out, quiet=quiet).metrics
+
+
+def rpg_sweep(base: TrainConfig, out: str | Path, *, ratios: Sequence[float], seeds: Sequence[int] = (0,),
+              include: str | list[str] = "inner", reference: bool = True,
+              fit_range: tuple[float, float] | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Train ``base``'s model wrapped by RPG at every DoF ratio of ``ratios`` with every seed (``out/runs/r<ratio>-
+    s<seed>``, reused when finished), and with ``reference`` the plain model too; fit the mean accuracy against
+    log10(ratio) over ``fit_range`` (default: the ratios up to 1 %); write ``sweep.json`` and ``sweep.png``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bitsmith.methods import rpg
+
+    if not ratios:
+        raise ConfigError("the RPG sweep needs at least one DoF ratio")
+    out = Path(out)
+    ratios = sorted(float(r) for r in ratios)
+    for r in ratios:
+        rpg.RPGConfig(dof_ratio=r)  # refuses a ratio outside (0, 1] before any training
+    points: list[dict[str, Any]] = []
+    full: list[float] = []
+    with Progress(TextColumn("rpg sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  disable=quiet) as bar:
+        task = bar.add_task("runs", total=(len(ratios) + int(reference)) * len(seeds))
+        for seed in seeds:
+            if reference:
+                cfg = _replace(base, seed=seed)
+                full.append(float(_plain_run(cfg, out / "runs" / f"full-s{seed}", quiet=True)["test_acc"]))
+                bar.advance(task)
+        for ratio in ratios:
+            accs, dof = [], None
+            for seed in seeds:
+                run_dir = out / "runs" / f"r{ratio:g}-s{seed}"
+                metrics = _run("rpg", rpg.RPGConfig(dof_ratio=ratio, include=include), run_dir, source=None,
+                               base=base, quiet=True, resume=True, seed=seed)
+                accs.append(float(metrics["test_acc"]))
+                dof = runs.run_cost(run_dir).dof if dof is None else dof
+                bar.advance(task)
+            points.append({"ratio": ratio, "dof": dof, "test_acc": accs, "mean": sum(accs) / len(accs)})
+    lo, hi = fit_range if fit_range is not None else (ratios[0], 0.01)
+    fitted = [p for p in points if lo <= p["ratio"] <= hi]
+    fit = rpg.loglinear_fit([p["ratio"] for p in fitted], [p["mean"] for p in fitted]) if len(
+        {p["ratio"] for p in fitted}) >= 2 else None
+    result = {"model": base.model, "dataset": base.dataset, "seeds": list(seeds), "points": points,
+              "reference_acc": full, "fit_range": [lo, hi], "fit": fit}
+    _io.write_json(out / SWEEP_RESULT, result)
+    plot_sweep(result, out / SWEEP_PLOT)
+    return result
+
+
+def _replace(cfg: TrainConfig, **changes: Any) -> TrainConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, **changes)
+
+
+def plot_sweep(result: dict[str, Any], path: Path) -> None:
+    """Accuracy against the DoF ratio (log axis): every seed, the means, the log-linear fit, the full model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for p in result["points"]:
+        ax.scatter([100 * p["ratio"]] * len(p["test_acc"]), [100 * a for a in p["test_acc"]], s=10,
+                   color="tab:blue", alpha=0.5)
+    ax.plot([100 * p["ratio"] for p in result["points"]], [100 * p["mean"] for p in result["points"]], "o-",
+            color="tab:blue", label="RPG (mean over seeds)")
+    fit = result["fit"]
+    if fit is not None:
+        lo, hi = result["fit_range"]
+        xs = [lo, hi]
+        ax.plot([100 * x for x in xs], [100 * (fit["slope"] * math.log10(x) + fit["intercept"]) for x in xs], "--",
+                color="tab:orange", label=f"fit: {100 * fit['slope']:.2f} pt per decade, R² = {fit['r2']:.3f}")
+    if result["reference_acc"]:
+        ref = 100 * sum(result["reference_acc"]) / len(result["reference_acc"])
+        ax.axhline(ref, color="black", lw=1, ls=":", label=f"full model ({ref:.2f} %)")
+    ax.set_xscale("log")
+    ax.set_xlabel("DoF ratio (% of the generated weights)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"RPG on {result['model']} / {result['dataset']}", fontsize=9)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     _io.savefig(path, fig, dpi=120)
     plt.close(fig)

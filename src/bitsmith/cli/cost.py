@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -34,8 +35,10 @@ def parse_bits(text: str | None, option: str) -> int | None:
 
 
 def cost_command(
-    model: str = typer.Option(..., "--model", help="zoo model name, e.g. lenet5, resnet20"),
-    input_shape: str = typer.Option(..., "--input", metavar="CxHxW", help="input shape, e.g. 3x32x32"),
+    model: str | None = typer.Option(None, "--model", help="zoo model name, e.g. lenet5, resnet20"),
+    input_shape: str | None = typer.Option(None, "--input", metavar="CxHxW", help="input shape, e.g. 3x32x32"),
+    run: Path | None = typer.Option(None, "--run", help="a run directory: the cost of its model as trained (its "
+                                                       "bit widths, pruned filters, RPG ring), instead of --model"),
     num_classes: int = typer.Option(10, "--num-classes", help="number of output classes"),
     wbits: str | None = typer.Option(None, "--wbits", metavar="BITS", help="weight bits for every layer (1-32)"),
     abits: str | None = typer.Option(None, "--abits", metavar="BITS", help="activation bits for every layer (1-32)"),
@@ -47,6 +50,16 @@ def cost_command(
     """Print a model's per-layer cost table and totals (MACs, GBOPs, size in KiB, params, DoF)."""
     from bitsmith.zoo import create_model
 
+    if run is not None:
+        if model is not None or input_shape is not None or wbits or abits or bits_file:
+            raise ConfigError("--run costs the run's own model; leave out --model, --input, --wbits, --abits and "
+                              "--bits-file")
+        from bitsmith import runs
+
+        _show(runs.run_cost(run), str(run), {"run": str(run)}, as_json)
+        return
+    if model is None or input_shape is None:
+        raise ConfigError("give --model and --input (e.g. --model resnet20 --input 3x32x32), or --run RUN_DIR")
     channels, height, width = parse_input_shape(input_shape)
     w, a = parse_bits(wbits, "--wbits"), parse_bits(abits, "--abits")
     if bits_file is not None and (w is not None or a is not None):
@@ -55,15 +68,20 @@ def cost_command(
     net = create_model(model, num_classes=num_classes, in_channels=channels, image_size=(height, width))
     report = model_cost(net, (channels, height, width), bits, weight_bits=32 if w is None else w,
                         act_bits=32 if a is None else a, scale_bits=scale_bits, per_channel=not per_tensor)
+    _show(report, f"{model} {input_shape}", {"model": model}, as_json)
+
+
+def _show(report: Any, title: str, source: dict[str, str], as_json: bool) -> None:
+    """The report as JSON (with ``source`` naming what was costed), or as the per-layer table and a summary."""
     if as_json:
-        typer.echo(json.dumps({"model": model, **report.to_dict()}, indent=2))
+        typer.echo(json.dumps({**source, **report.to_dict()}, indent=2))
         return
     console = Console()
     if not console.is_terminal:
         console.width = 160
     console.print(report.table())
-    console.print(f"{model} {input_shape}: {report.summary()} | activation peak "
-                  f"{report.act_peak_bits / 8192:.2f} KiB", highlight=False, soft_wrap=True)
+    console.print(f"{title}: {report.summary()} | activation peak {report.act_peak_bits / 8192:.2f} KiB",
+                  highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -27,6 +27,7 @@ _COMMAND_MODULES = (
     "bitsmith.cli.directq",
     "bitsmith.cli.cgmq",
     "bitsmith.cli.search",
+    "bitsmith.cli.rpg",
 )
 
 for _name in _COMMAND_MODULES:

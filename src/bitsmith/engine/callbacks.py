@@ -21,7 +21,8 @@ class Callback:
     """
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]] | None:
-        """Extra optimizer parameter groups (e.g. gates with their own lr); their params leave the default group."""
+        """Extra optimizer parameter groups (e.g. gates with their own lr, or ``lr_scale``: a multiple of the
+        run's lr); their params leave the default group."""
         return None
 
     def on_fit_start(self, trainer: Trainer) -> None:

@@ -117,7 +117,8 @@ class Trainer:
             for group in cb.param_groups(self.model) or []:
                 params = [p for p in group["params"] if p.requires_grad]
                 claimed.update(id(p) for p in params)
-                groups.append({**group, "params": params})
+                extra = {"lr": cfg.lr * group["lr_scale"]} if "lr_scale" in group else {}
+                groups.append({**group, **extra, "params": params})
         default = [p for p in self.model.parameters() if p.requires_grad and id(p) not in claimed]
         groups.insert(0, {"params": default})
         # foreach: one multi-tensor kernel per step instead of torch's per-parameter loop on CPU (quantized models

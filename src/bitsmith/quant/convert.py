@@ -56,6 +56,9 @@ def _check_model(model: nn.Module) -> None:
         if isinstance(module, _UNSUPPORTED):
             raise UnsupportedLayerError(f"cannot quantize '{where}' ({type(module).__name__}): bitsmith quantizes "
                                         "Conv2d and Linear layers only")
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and not isinstance(module.weight, nn.Parameter):
+            raise UnsupportedLayerError(f"cannot quantize '{where}' ({type(module).__name__}): its weight is computed, "
+                                        "not a parameter; quantize a plain model (e.g. rpg.materialize(model))")
         custom = (isinstance(module, nn.Conv2d) and type(module).forward is not nn.Conv2d.forward) or (
             isinstance(module, nn.Linear) and type(module).forward is not nn.Linear.forward)
         if custom:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bitsmith.errors import ConfigError
 from bitsmith.zoo._init import init_weights
 from bitsmith.zoo._registry import register_model
 
@@ -69,14 +70,22 @@ class CifarResNet(nn.Module):
         return self.fc(self.flatten(self.avgpool(out)))
 
 
+def _scaled(channels: tuple[int, ...], width: float) -> tuple[int, ...]:
+    """Stage channels times ``width`` (rounded, at least 1); refuses a width that is not positive."""
+    if not width > 0:
+        raise ConfigError(f"option width must be positive, got {width!r}")
+    return tuple(max(1, round(c * width)) for c in channels)
+
+
 @register_model(
     "resnet20",
     "ResNet-20 (He et al., CIFAR): 3 stages x 3 BasicBlocks, 16/32/64 channels, 1x1 projection shortcuts",
     min_image_size=4,
 )
-def resnet20(num_classes: int, in_channels: int, image_size: tuple[int, int]) -> nn.Module:
-    """Build ResNet-20: about 0.27 M parameters at 10 classes (272 474 with the projection shortcuts)."""
-    model = CifarResNet(num_classes, in_channels, (16, 32, 64), 3)
+def resnet20(num_classes: int, in_channels: int, image_size: tuple[int, int], *, width: float = 1.0) -> nn.Module:
+    """Build ResNet-20: about 0.27 M parameters at 10 classes (272 474 with the projection shortcuts);
+    ``width`` scales every stage's channels (a narrower or wider network)."""
+    model = CifarResNet(num_classes, in_channels, _scaled((16, 32, 64), width), 3)
     init_weights(model)
     return model
 
@@ -86,8 +95,9 @@ def resnet20(num_classes: int, in_channels: int, image_size: tuple[int, int]) ->
     "ResNet-18, CIFAR variant: 3x3 stem, no max-pool, 4 stages x 2 BasicBlocks, 64/128/256/512 channels",
     min_image_size=8,
 )
-def resnet18(num_classes: int, in_channels: int, image_size: tuple[int, int]) -> nn.Module:
-    """Build the CIFAR ResNet-18: about 11.17 M parameters at 10 classes."""
-    model = CifarResNet(num_classes, in_channels, (64, 128, 256, 512), 2)
+def resnet18(num_classes: int, in_channels: int, image_size: tuple[int, int], *, width: float = 1.0) -> nn.Module:
+    """Build the CIFAR ResNet-18: about 11.17 M parameters at 10 classes; ``width`` scales every stage's
+    channels."""
+    model = CifarResNet(num_classes, in_channels, _scaled((64, 128, 256, 512), width), 2)
     init_weights(model)
     return model
