@@ -30,6 +30,7 @@ def rpg_cmd(
                                                       "0.003 (0.3 %)"),
     dof: int | None = typer.Option(None, help="ring size (instead of --dof-ratio)"),
     include: str = _INCLUDE,
+    ring_lr_gain: float = typer.Option(1.0, help="the ring's lr = gain x lr / RMS of the layer scales (0: lr)"),
     epochs: int | None = typer.Option(None, help="epochs (default 30)"),
     lr: float | None = typer.Option(None, help="learning rate (default 1e-3; the ring's is scaled, see METHODS.md)"),
     batch_size: int | None = typer.Option(None, help="batch size (default 64)"),
@@ -45,7 +46,7 @@ def rpg_cmd(
 
     if dof is None and dof_ratio is None:
         dof_ratio = 0.01
-    cfg = RPGConfig(dof=dof, dof_ratio=dof_ratio, include=include, seed=seed)
+    cfg = RPGConfig(dof=dof, dof_ratio=dof_ratio, include=include, seed=seed, ring_lr_gain=ring_lr_gain)
     metrics = train_method("rpg", cfg, out, source=None, model=model, dataset=dataset, data_root=data_root,
                            seed=seed, threads=threads, batch_size=batch_size, epochs=epochs, lr=lr,
                            scheduler=scheduler, quiet=quiet)

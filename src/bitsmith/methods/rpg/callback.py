@@ -12,16 +12,16 @@ from bitsmith.methods.rpg.ring import get_ring
 
 
 class RPGCallback(Callback):
-    """Puts the ring in its own optimizer group at the run's lr divided by the RMS of the per-layer scales
-    (``ring_lr_scale``): under Adam a ring entry moves by about lr per step, and a generated weight by that times
-    its layer's scale (~0.05 for a 3x3x64 conv), so without this the generated layers would learn ~20x slower
-    than a plain model's."""
+    """Puts the ring in its own optimizer group at ``ring_lr_gain`` times the run's lr divided by the RMS of the
+    per-layer scales: under Adam a ring entry moves by about lr per step, and a generated weight by that times its
+    layer's scale (~0.06 for a 3x3x64 conv), so without this the generated layers would learn ~20x slower than a
+    plain model's."""
 
     def __init__(self, model: nn.Module, config: RPGConfig) -> None:
         self.ring = get_ring(model)
         self.config = config
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]] | None:
-        if not self.config.ring_lr_scale:
+        if self.config.ring_lr_gain == 0:
             return None
-        return [{"params": [self.ring.ring], "lr_scale": 1.0 / self.ring.rms_scale()}]
+        return [{"params": [self.ring.ring], "lr_scale": self.config.ring_lr_gain / self.ring.rms_scale()}]
