@@ -91,3 +91,16 @@ def test_grid_trains_every_configuration_with_every_seed_and_reports_the_varianc
     code, _, stderr = cli("grid", "--from", str(float_run), "--budget-bops", "0.2", "--seeds", "0", "--quiet",
                           "--out", str(tmp_path / "g2"))
     assert code == 2 and "two distinct seeds" in stderr
+
+
+def test_search_from_scratch_retrains_from_scratch(cli, tmp_path):
+    out = tmp_path / "scratch"
+    code, _, stderr = cli("search", "--budget-bops", "0.3", "--estimator", "score", "--search-epochs", "2",
+                          "--epochs", "2", "--threads", "1", "--quiet", "--out", str(out))
+    assert code == 0, stderr
+    result = json.loads((out / SEARCH_RESULT).read_text())
+    assert result["retrain_from"] == "scratch" and result["estimator"] == "score"
+    assert runs.read_config(out)["from"] is None and result["bops"] <= result["budget_bops"]
+    code, _, stderr = cli("search", "--budget-bops", "0.3", "--retrain-from", "float", "--quiet", "--out",
+                          str(tmp_path / "bad"))
+    assert code == 2 and "needs a source run" in stderr
