@@ -66,6 +66,9 @@ class DNASCallback(Callback):
         return self.config.tau_start * (self.config.tau_end / self.config.tau_start) ** progress
 
     def on_fit_start(self, trainer: Trainer) -> None:
+        if dist.world_size() > 1:
+            raise ConfigError("the DNAS search runs in one process (each rank would draw its own architecture); "
+                              "run `bitsmith search` without torchrun")
         if "val" not in trainer.eval_data:
             raise ConfigError("the DNAS search updates the architecture on a validation split; train with "
                               "TrainConfig(val=True)")
