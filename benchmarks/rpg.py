@@ -147,10 +147,10 @@ def narrow_part(args: argparse.Namespace, seeds: list[int]) -> list[str]:
 
 
 def speed_part(args: argparse.Namespace, seeds: list[int]) -> list[str]:
+    torch.set_num_threads(2)
     lines = header(args, f"RPG step time vs the plain model ({args.models} on {args.datasets})")
     lines += ["| model | dataset | batch | plain step (ms) | RPG 0.3 % step (ms) | RPG 10 % step (ms) | ratio 0.3 % | "
               "ratio 10 % |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    torch.set_num_threads(2)
     for model_name in args.models.split(","):
         for dataset in args.datasets.split(","):
             ds = data.get(dataset, split="train")

@@ -39,7 +39,7 @@ def search_cmd(
     bits: str = _BITS,
     abits: str = _ABITS,
     prune: bool = _PRUNE,
-    estimator: str = typer.Option("gumbel", help="architecture gradient: gumbel | score"),
+    estimator: str = typer.Option("score", help="architecture gradient: score | gumbel"),
     penalty: str = typer.Option("target", help="cost term: target ((E/budget - 1)^2) | square ((E/budget)^2)"),
     cost_weight: float = typer.Option(1.0, help="weight of the cost term"),
     arch_lr: float = typer.Option(0.1, help="learning rate of the architecture logits"),
