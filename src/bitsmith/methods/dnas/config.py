@@ -33,11 +33,12 @@ class DNASConfig(_config.JsonConfig):
     from; act_bits: the options each layer's input activation chooses from; prune: add a "pruned" option per
     filter (the classifier's outputs are never pruned). estimator: how the architecture gradient is estimated:
     "score" (score function on sampled filter splits, as the reference code; the default: as accurate as
-    "gumbel" in our benchmarks and its search is ~35 % cheaper) or "gumbel" (straight-through Gumbel-softmax). penalty: the cost term, "target" = cost_weight * (E[BOPs]/budget - 1)^2, pulling the
-    expected cost onto the budget, or "square" = cost_weight * (E[BOPs]/budget)^2 (the reference code's).
-    arch_lr: Adam learning rate of the architecture logits. warmup_fraction: share of the epochs that train the
-    weights only (on sampled configurations) before architecture updates start. tau_start/tau_end: Gumbel
-    temperature, annealed geometrically over the architecture epochs. seed: order of the validation batches.
+    "gumbel" in our benchmarks and its search is ~35 % cheaper) or "gumbel" (straight-through Gumbel-softmax).
+    penalty: the cost term, "target" = cost_weight * (E[BOPs]/budget - 1)^2, pulling the expected cost onto the
+    budget, or "square" = cost_weight * (E[BOPs]/budget)^2 (the reference code's). arch_lr: Adam learning rate of
+    the architecture logits. warmup_fraction: share of the epochs that train the weights only (on sampled
+    configurations) before architecture updates start. tau_start/tau_end: Gumbel temperature, annealed
+    geometrically over the architecture epochs. seed: order of the validation batches.
     """
 
     budget_bops: float = 0.25
