@@ -39,6 +39,7 @@ def base_config(model_name: str, dataset: str, threads: int, seed: int = 0) -> T
 
 def sweep(model_name: str, dataset: str, seeds: list[int], threads: int, out: Path,
           ratios: tuple[float, ...] = RATIOS) -> dict:
+    """The sweep's runs (reused when finished) and its fit over 0.01 %–1 %."""
     return searches.rpg_sweep(base_config(model_name, dataset, threads), out / "sweep" / f"{model_name}-{dataset}",
                               ratios=ratios, seeds=seeds, fit_range=(0.0001, 0.01), quiet=True)
 
@@ -98,7 +99,9 @@ def gain_part(args: argparse.Namespace, seeds: list[int]) -> list[str]:
 def header(args: argparse.Namespace, title: str) -> list[str]:
     return [f"## {title}", "", f"Measured {environment()}. " + " ".join(__doc__.split("\n\n")[2].split()), "",
             f"Command: `bash benchmarks/setup.sh && .venv-bench/bin/python -m benchmarks.rpg --part {args.part} "
-            f"--models {args.models} --datasets {args.datasets} --seeds {args.seeds} --threads {args.threads}`", ""]
+            f"--models {args.models} --datasets {args.datasets} --seeds {args.seeds}"
+            + (f" --ratios {','.join(f'{r:g}' for r in args.ratios)}" if args.ratios != RATIOS else "")
+            + f" --threads {args.threads}`", ""]
 
 
 def sweep_part(args: argparse.Namespace, seeds: list[int]) -> list[str]:
@@ -108,7 +111,7 @@ def sweep_part(args: argparse.Namespace, seeds: list[int]) -> list[str]:
     fits = []
     for model_name in args.models.split(","):
         for dataset in args.datasets.split(","):
-            result = sweep(model_name, dataset, seeds, args.threads, args.out)
+            result = sweep(model_name, dataset, seeds, args.threads, args.out, args.ratios)
             full = result["reference_acc"]
             full_mean = statistics.fmean(full)
             lines.append(f"| {model_name} | {dataset} | full model | "
@@ -133,7 +136,7 @@ def narrow_part(args: argparse.Namespace, seeds: list[int]) -> list[str]:
               "accuracy (%) | Δ RPG − narrow (pt) |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for model_name in args.models.split(","):
         for dataset in args.datasets.split(","):
-            result = sweep(model_name, dataset, seeds, args.threads, args.out)
+            result = sweep(model_name, dataset, seeds, args.threads, args.out, args.ratios)
             for p in result["points"]:
                 if p["ratio"] not in (0.001, 0.003, 0.01):
                     continue
@@ -211,6 +214,7 @@ def main() -> None:
     parser.add_argument("--models", default="resnet20")
     parser.add_argument("--datasets", default="digits")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--ratios", default=",".join(f"{r:g}" for r in RATIOS), help="DoF ratios of the sweep")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each training run")
     parser.add_argument("--no-write", action="store_true", help="print the table, leave BENCHMARKS.md alone")
     parser.add_argument("--section", default=None, help="BENCHMARKS.md section (default: rpg-<part>)")
@@ -218,6 +222,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
+    args.ratios = tuple(float(r) for r in args.ratios.split(","))
     part = {"sweep": sweep_part, "narrow": narrow_part, "speed": speed_part, "compress": compress_part,
             "gain": gain_part}[args.part]
     publish(args.section or f"rpg-{args.part}-{args.models}-{args.datasets}", part(args, seeds),
