@@ -8,9 +8,10 @@ each re-builds, resumes and reports like any other run, and a job interrupted ha
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,26 +26,37 @@ GRID_RESULT = "grid.json"
 GRID_PLOT = "grid.png"
 
 
-def _input_shape(cfg: TrainConfig) -> tuple[int, ...]:
+def _architecture(cfg: TrainConfig) -> tuple[Any, tuple[int, ...]]:
+    """The (untrained) zoo model of ``cfg`` and its input shape: what the search space and the BatchNorm check
+    need, without loading any checkpoint."""
     ds = load_split(cfg, "train")
-    return (ds.in_channels, *ds.image_size)
+    return build_model(cfg, ds), (ds.in_channels, *ds.image_size)
+
+
+def _reused(out: Path, quiet: bool, start: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The final metrics of the run at ``out``: read when it finished, resumed when it was interrupted, else
+    ``start()``."""
+    if runs.run_finished(out):
+        return runs.final_run_metrics(out)
+    if is_run_dir(out):
+        return runs.resume_run(out, quiet=quiet).metrics
+    return start()
 
 
 def _run(transform: str, config: Any, out: Path, *, source: Path | None, base: TrainConfig | None, quiet: bool,
          resume: bool, **overrides: Any) -> dict[str, Any]:
-    """One phase as a run: reuse it when finished, resume it when interrupted (with ``resume``), else train it."""
-    if resume and runs.run_finished(out):
-        return runs.final_run_metrics(out)
-    if resume and is_run_dir(out):
-        return runs.resume_run(out, quiet=quiet).metrics
-    return runs.method_run(transform, config, out, source=source, base=base, quiet=quiet, **overrides)
+    """One phase as a run: with ``resume``, reuse it when finished and resume it when interrupted; else train it."""
+    def start() -> dict[str, Any]:
+        return runs.method_run(transform, config, out, source=source, base=base, quiet=quiet, **overrides)
+
+    return _reused(out, quiet, start) if resume else start()
 
 
 def _base(source: Path | None, base: TrainConfig | None) -> TrainConfig:
     if source is not None:
         return runs.train_config(source)
     if base is None:
-        raise BitsmithError("a DNAS search needs a source run or a base TrainConfig")
+        raise BitsmithError("a multi-run job needs a source run or a base TrainConfig")
     return base
 
 
@@ -74,14 +86,11 @@ def dnas_search(config: Any, out: str | Path, *, source: str | Path | None = Non
          epochs=search_epochs, **overrides)
     search_time = time.perf_counter() - t0
 
-    search_model = runs.load_model(out / SEARCH_DIR)
-    shape = _input_shape(runs.train_config(out / SEARCH_DIR))
-    space = dnas.SearchSpace(search_model, shape, config)
+    architecture, shape = _architecture(train_base)
+    space = dnas.SearchSpace(runs.load_model(out / SEARCH_DIR), shape, config)
     derivation = dnas.derive(space)
     derivation.bits.save(out / BITS_FILE)
-    float_model = runs.load_model(source) if source is not None else build_model(train_base, load_split(
-        train_base, "train"))
-    qconfig = QConfig.from_bits(derivation.bits, fold_bn=config.prune and dnas.has_batchnorm(float_model))
+    qconfig = QConfig.from_bits(derivation.bits, fold_bn=config.prune and dnas.has_batchnorm(architecture))
 
     t1 = time.perf_counter()
     metrics = _run("quantize", qconfig, out, source=source if retrain_from == "float" else None,
@@ -120,12 +129,10 @@ def grid_study(config: Any, out: str | Path, *, source: str | Path | None = None
     out = Path(out)
     source = Path(source) if source is not None else None
     train_base = _base(source, base)
-    shape = _input_shape(train_base)
-    float_model = runs.load_model(source) if source is not None else build_model(train_base, load_split(
-        train_base, "train"))
-    space = dnas.SearchSpace(dnas.prepare(float_model, config, shape), shape, config)
+    architecture, shape = _architecture(train_base)
+    space = dnas.SearchSpace(dnas.prepare(architecture, config, shape), shape, config)
     sampled = dnas.grid.sample_configs(space, configs, tolerance=tolerance, seed=sample_seed)
-    fold = config.prune and dnas.has_batchnorm(float_model)
+    fold = config.prune and dnas.has_batchnorm(architecture)
     points = []
     with Progress(TextColumn("grid"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   disable=quiet) as bar:
@@ -181,11 +188,7 @@ def _plain_run(cfg: TrainConfig, out: Path, quiet: bool) -> dict[str, Any]:
     """A plain (float) training run, reused when finished and resumed when interrupted."""
     from bitsmith.engine import train
 
-    if runs.run_finished(out):
-        return runs.final_run_metrics(out)
-    if is_run_dir(out):
-        return runs.resume_run(out, quiet=quiet).metrics
-    return train(cfg, out, quiet=quiet).metrics
+    return _reused(out, quiet, lambda: train(cfg, out, quiet=quiet).metrics)
 
 
 def rpg_sweep(base: TrainConfig, out: str | Path, *, ratios: Sequence[float], seeds: Sequence[int] = (0,),
@@ -211,7 +214,7 @@ def rpg_sweep(base: TrainConfig, out: str | Path, *, ratios: Sequence[float], se
         task = bar.add_task("runs", total=(len(ratios) + int(reference)) * len(seeds))
         for seed in seeds:
             if reference:
-                cfg = _replace(base, seed=seed)
+                cfg = dataclasses.replace(base, seed=seed)
                 full.append(float(_plain_run(cfg, out / "runs" / f"full-s{seed}", quiet=True)["test_acc"]))
                 bar.advance(task)
         for ratio in ratios:
@@ -233,12 +236,6 @@ def rpg_sweep(base: TrainConfig, out: str | Path, *, ratios: Sequence[float], se
     _io.write_json(out / SWEEP_RESULT, result)
     plot_sweep(result, out / SWEEP_PLOT)
     return result
-
-
-def _replace(cfg: TrainConfig, **changes: Any) -> TrainConfig:
-    import dataclasses
-
-    return dataclasses.replace(cfg, **changes)
 
 
 def plot_sweep(result: dict[str, Any], path: Path) -> None:

@@ -48,10 +48,19 @@ def check_names(model: str, dataset: str) -> None:
 
 def parse_ints(text: str, option: str, example: str = "2,4,8") -> list[int]:
     """A comma-separated list of integers from the command line (one-line error naming ``option`` otherwise)."""
+    return _parse_list(text, option, int, f"integers such as {example}")
+
+
+def parse_floats(text: str, option: str, example: str = "0.001,0.01") -> list[float]:
+    """A comma-separated list of numbers from the command line (one-line error naming ``option`` otherwise)."""
+    return _parse_list(text, option, float, f"numbers such as {example}")
+
+
+def _parse_list(text: str, option: str, kind: Any, accepted: str) -> list[Any]:
     try:
-        return [int(v) for v in text.split(",")]
+        return [kind(v) for v in text.split(",")]
     except ValueError:
-        raise BitsmithError(f"{option} {text!r}: expected comma-separated integers such as {example}") from None
+        raise BitsmithError(f"{option} {text!r}: expected comma-separated {accepted}") from None
 
 
 def method_base(source: Path | None, *, model: str, dataset: str, data_root: Path | None,

@@ -9,17 +9,18 @@ from pathlib import Path
 import typer
 
 from bitsmith import _io
-from bitsmith.cli._common import check_names, check_writable_out, console, percent, train_method
+from bitsmith.cli._common import (
+    check_names,
+    check_writable_out,
+    console,
+    parse_floats,
+    parse_ints,
+    percent,
+    train_method,
+)
 from bitsmith.errors import BitsmithError
 
 _INCLUDE = typer.Option("inner", help="layers the ring generates: inner (all but the first and last) | all")
-
-
-def _floats(text: str, option: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise BitsmithError(f"{option} {text!r}: expected comma-separated numbers such as 0.001,0.01") from None
 
 
 def rpg_cmd(
@@ -77,20 +78,19 @@ def sweep_cmd(
     """Accuracy against the DoF ratio: one RPG run per ratio and seed, the log-linear fit (slope, intercept, R²)
     and its plot."""
     from bitsmith import searches
-    from bitsmith.cli._common import parse_ints
     from bitsmith.engine import TrainConfig
 
     check_names(model, dataset)
     bounds = None
     if fit_range is not None:
-        values = _floats(fit_range, "--fit-range")
+        values = parse_floats(fit_range, "--fit-range")
         if len(values) != 2 or values[0] >= values[1]:
             raise BitsmithError(f"--fit-range {fit_range!r}: expected LO,HI with LO < HI")
         bounds = (values[0], values[1])
     base = TrainConfig(model=model, dataset=dataset, data_root=str(data_root) if data_root else None, epochs=epochs,
                        lr=lr, batch_size=batch_size, num_threads=threads)
     check_writable_out(out)
-    result = searches.rpg_sweep(base, out, ratios=_floats(ratios, "--ratios"), seeds=parse_ints(seeds, "--seeds",
+    result = searches.rpg_sweep(base, out, ratios=parse_floats(ratios, "--ratios"), seeds=parse_ints(seeds, "--seeds",
                                 "0,1,2"), include=include, reference=reference, fit_range=bounds, quiet=quiet)
     for p in result["points"]:
         console.print(f"DoF ratio {100 * p['ratio']:g} % (DoF {p['dof']:,}): {percent(p['mean'])}")
@@ -114,7 +114,6 @@ def compress_cmd(
     accuracy of each, storage, and the integer-exact check of the quantized ring's core model; writes
     ``compress.json`` into the run."""
     from bitsmith import runs
-    from bitsmith.cli._common import parse_ints
     from bitsmith.engine import load_split
     from bitsmith.methods import rpg
 
@@ -123,7 +122,7 @@ def compress_cmd(
     cfg = runs.train_config(run)
     train_ds, test_ds = load_split(cfg, "train"), load_split(cfg, "test")
     result = rpg.compression_study(runs.load_model(run), train_ds, test_ds, (train_ds.in_channels,
-                                   *train_ds.image_size), _floats(prune, "--prune"),
+                                   *train_ds.image_size), parse_floats(prune, "--prune"),
                                    parse_ints(ring_bits, "--ring-bits", "8,4,2"), act_bits)
     _io.write_json(run / "compress.json", result)
     if not quiet:

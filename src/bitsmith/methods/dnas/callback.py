@@ -48,6 +48,7 @@ class DNASCallback(Callback):
         self.bops_trajectory: list[float] = []
         self.epochs: list[dict[str, Any]] = []
         self._val: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._expected: float | None = None
 
     @property
     def budget(self) -> float:
@@ -117,8 +118,11 @@ class DNASCallback(Callback):
                 objective = advantage * self.space.log_prob(choices) + self.space.penalty()
                 objective.backward(inputs=self.arch)
             self.arch_optimizer.step()
-        with torch.no_grad():
-            self.bops_trajectory.append(float(self.space.expected_bops()))
+            self._expected = None
+        if self._expected is None:  # the logits only move in architecture steps
+            with torch.no_grad():
+                self._expected = float(self.space.expected_bops())
+        self.bops_trajectory.append(self._expected)
 
     def after_train_epoch(self, trainer: Trainer, epoch: int) -> None:
         """Evaluate (and, after the last epoch, keep) the derived configuration."""

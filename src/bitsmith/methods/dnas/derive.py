@@ -37,7 +37,7 @@ class Derivation:
             counts = {str(b): int((c.weight == k).sum()) for k, b in enumerate(wq.options)}
             if wq.prune:
                 counts["pruned"] = int((c.weight == wq.pruned_index).sum())
-            kept = [wq.options[int(k)] for k in c.weight if wq.pruned_index is None or int(k) != wq.pruned_index]
+            kept = [b for b, k in zip(wq.widths(c.weight), wq.kept(c.weight), strict=True) if k]
             layers[name] = {"filters": counts, "mean_weight_bits": sum(kept) / len(kept),
                             "act_bits": space.layers[name].act_quant.options[c.act],
                             "kept": len(kept), "out_channels": int(c.weight.numel())}
@@ -52,7 +52,7 @@ def _lower(space: SearchSpace, name: str, c: Choice, importance: torch.Tensor) -
     important kept filter is pruned (if the layer may prune and keeps more than one). Returns what changed."""
     wq = space.layers[name].weight_quant
     pruned = wq.pruned_index
-    kept = c.weight != pruned if pruned is not None else torch.ones_like(c.weight, dtype=torch.bool)
+    kept = wq.kept(c.weight)
     widest = int(c.weight[kept].max())
     if widest > 0:
         candidates = torch.nonzero(kept & (c.weight == widest)).flatten()

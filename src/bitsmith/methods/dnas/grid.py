@@ -56,7 +56,7 @@ def _step(space: SearchSpace, choices: dict[str, Choice], down: bool, per_layer:
             c.act = act
             return True
         return False
-    kept = c.weight != pruned if pruned is not None else torch.ones_like(c.weight, dtype=torch.bool)
+    kept = wq.kept(c.weight)
     if down:
         movable = torch.nonzero(kept & (c.weight > 0)).flatten().tolist()
         if movable:

@@ -53,6 +53,15 @@ class MixedWeightQuantizer(nn.Module):
         """softmax of the logits: the share of filters the search gives each option."""
         return F.softmax(self.logits, dim=0)
 
+    def kept(self, choice: torch.Tensor) -> torch.Tensor:
+        """Which filters of ``choice`` (option indices per filter) exist: all of them without pruning."""
+        return choice != self.pruned_index if self.prune else torch.ones_like(choice, dtype=torch.bool)
+
+    def widths(self, choice: torch.Tensor) -> list[int]:
+        """Each filter's weight bit width under ``choice``; a pruned filter gets the widest option, a placeholder
+        its zero keep flag makes irrelevant (costs and memory count kept filters only)."""
+        return [self.options[min(int(k), len(self.options) - 1)] for k in choice]
+
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         """The weight quantized per filter by its option (pruned filters zero)."""
         if self.relaxed is not None:
@@ -70,8 +79,8 @@ class MixedWeightQuantizer(nn.Module):
     # -- what a core quantized layer asks of its weight quantizer (bias quantization in eval mode) -------------
     @property
     def bits(self) -> list[int]:
-        """Each filter's weight bit width (a pruned filter counts at the lowest option)."""
-        return [self.options[min(int(c), len(self.options) - 1)] for c in self.choice]
+        """Each filter's weight bit width under the current choice (see :meth:`widths`)."""
+        return self.widths(self.choice)
 
     @property
     def is_passthrough(self) -> bool:

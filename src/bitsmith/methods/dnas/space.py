@@ -119,7 +119,7 @@ class SearchSpace:
             w[name] = options[c.weight.cpu()]
             a[name] = float(aq.options[c.act])
             if wq.prune:
-                keep[name] = (c.weight.cpu() != wq.pruned_index).double()
+                keep[name] = wq.kept(c.weight.cpu()).double()
         return w, a, keep
 
     def bops(self, choices: Mapping[str, Choice]) -> float:
@@ -185,7 +185,7 @@ class SearchSpace:
             layer.weight_quant.choice.copy_(c.weight)
             layer.act_quant.choice.fill_(int(c.act))
             if layer.weight_quant.prune:
-                layer.keep.copy_((c.weight != layer.weight_quant.pruned_index).to(layer.keep.dtype))
+                layer.keep.copy_(layer.weight_quant.kept(c.weight).to(layer.keep.dtype))
 
     @torch.no_grad()
     def sample(self) -> dict[str, Choice]:
@@ -255,15 +255,16 @@ class SearchSpace:
 
     def assignment(self, choices: Mapping[str, Choice]) -> BitsAssignment:
         """A configuration as bits.json: per-filter weight widths (one int when uniform), the input activation
-        width and, when a filter is pruned, the keep mask (a pruned filter's width entry is the lowest option)."""
+        width and, when a filter is pruned, the keep mask (a pruned filter's width entry is a placeholder, see
+        ``MixedWeightQuantizer.widths``)."""
         layers = {}
         for name, layer in self.layers.items():
             wq, aq = layer.weight_quant, layer.act_quant
             c = choices[name].weight.cpu()
-            bits = [wq.options[min(int(k), len(wq.options) - 1)] for k in c]
-            keep = [int(int(k) != wq.pruned_index) for k in c] if wq.prune else None
+            bits = wq.widths(c)
+            keep = [int(k) for k in wq.kept(c)]
             layers[name] = LayerBits(bits[0] if len(set(bits)) == 1 else bits, aq.options[choices[name].act],
-                                     keep if keep is not None and 0 in keep else None)
+                                     keep if 0 in keep else None)
         return BitsAssignment(layers)
 
     def probabilities(self) -> dict[str, dict[str, list[float]]]:
