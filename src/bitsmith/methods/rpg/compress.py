@@ -55,19 +55,16 @@ def quantize_ring(model: nn.Module, bits: int) -> float:
     Every generated weight is then ``code * sign * (step * layer scale)``. Returns the step size."""
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
         raise ConfigError(f"ring bit width must be an integer from 2 to 16, got {bits!r}")
+    from bitsmith.quant.observers import estimate_range, range_to_qparams, rows
+    from bitsmith.quant.ste import quant_dequant
+
     ring = get_ring(model).ring
     qmax = (1 << (bits - 1)) - 1
-    peak = float(ring.abs().max())
-    if peak == 0.0:
-        return 1.0
-    best, best_err = peak / qmax, float("inf")
-    for frac in torch.linspace(0.2, 1.0, 81).tolist():
-        step = peak * frac / qmax
-        err = float(((torch.clamp(torch.round(ring / step), -qmax, qmax) * step - ring) ** 2).sum())
-        if err < best_err:
-            best, best_err = step, err
-    ring.copy_(torch.clamp(torch.round(ring / best), -qmax, qmax) * best)
-    return best
+    x2d = rows(ring.detach(), per_channel=False)
+    lo, hi = estimate_range(x2d, "mse", -qmax, qmax, symmetric=True)
+    step, _ = range_to_qparams(lo, hi, -qmax, qmax, symmetric=True)
+    ring.copy_(quant_dequant(ring, step, None, -qmax, qmax)[0])
+    return float(step)
 
 
 def to_core(model: nn.Module, ring_bits: int, step: float, example_input_shape: Sequence[int],
@@ -94,8 +91,8 @@ def to_core(model: nn.Module, ring_bits: int, step: float, example_input_shape: 
 
 def storage_bits(model: nn.Module, ring_bits: int = FLOAT_BITS, nonzero_only: bool = False) -> int:
     """Bits to store a wrapped model: the ring (at ``ring_bits``; with ``nonzero_only`` only its non-zero entries,
-    each with a 32-bit index), one 64-bit seed, a 32-bit scale per generated layer, and every parameter and buffer
-    that is not generated at 32 bits."""
+    each with a 32-bit index), one 64-bit seed, a 32-bit scale per generated layer, and every parameter that is
+    not generated at 32 bits (buffers such as BatchNorm statistics are not counted)."""
     ring = get_ring(model)
     entries = int((ring.ring != 0).sum()) if nonzero_only else ring.dof
     ring_cost = entries * (ring_bits + (FLOAT_BITS if nonzero_only else 0))
