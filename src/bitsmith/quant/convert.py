@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bitsmith import zoo
 from bitsmith.cost.bits import BitsAssignment, LayerBits
 from bitsmith.errors import ConfigError, UnsupportedLayerError
 from bitsmith.graph import Graph, trace
@@ -64,18 +65,6 @@ def _check_model(model: nn.Module) -> None:
         if custom:
             raise UnsupportedLayerError(f"cannot quantize '{where}' ({type(module).__name__}): a Conv2d/Linear "
                                         "subclass with its own forward; use plain nn.Conv2d / nn.Linear")
-
-
-def _input_shape(model: nn.Module, shape: Sequence[int] | None) -> tuple[int, ...] | None:
-    """The example input shape given, or the one a zoo model records in ``bitsmith_spec``."""
-    if shape is not None:
-        return tuple(shape)
-    spec = getattr(model, "bitsmith_spec", None)
-    if isinstance(spec, dict) and "in_channels" in spec and "image_size" in spec:
-        size = spec["image_size"]
-        hw = list(size) if isinstance(size, (list, tuple)) else [size, size]
-        return (int(spec["in_channels"]), *(int(v) for v in hw))
-    return None
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -229,7 +218,7 @@ def quantize(model: nn.Module, qconfig: QConfig | dict[str, Any] | None = None,
         raise ConfigError(f"quantize expects a QConfig (or its dict), got {type(qconfig).__name__}")
     _check_model(model)
     qmodel = copy.deepcopy(model)
-    shape = _input_shape(model, example_input_shape)
+    shape = zoo.input_shape(model, example_input_shape)
     graph = trace(qmodel, shape) if shape is not None else None
     if graph is None:
         if qconfig.fold_bn:

@@ -7,6 +7,6 @@ standard torch layers, traces with ``torch.fx`` and carries ``bitsmith_spec`` to
 from __future__ import annotations
 
 from bitsmith.zoo import lenet, mobilenet, resnet, vgg  # noqa: F401  (each module registers its builders)
-from bitsmith.zoo._registry import create_model, describe, list_models, register_model
+from bitsmith.zoo._registry import create_model, describe, input_shape, list_models, register_model
 
-__all__ = ["create_model", "describe", "list_models", "register_model"]
+__all__ = ["create_model", "describe", "input_shape", "list_models", "register_model"]

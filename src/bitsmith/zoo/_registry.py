@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +103,19 @@ def _check_option(name: str, key: str, value: Any, default: Any) -> Any:
     if not ok:
         raise ConfigError(f"option {key} of {name} must be {type(default).__name__}, got {value!r}")
     return value
+
+
+def input_shape(model: nn.Module, shape: Sequence[int] | None = None) -> tuple[int, ...] | None:
+    """``shape`` as a tuple if given, else the (C, H, W) input a zoo model records in ``bitsmith_spec``, else None
+    (a model of the user's own)."""
+    if shape is not None:
+        return tuple(shape)
+    spec = getattr(model, "bitsmith_spec", None)
+    if isinstance(spec, dict) and "in_channels" in spec and "image_size" in spec:
+        size = spec["image_size"]
+        hw = list(size) if isinstance(size, (list, tuple)) else [size, size]
+        return (int(spec["in_channels"]), *(int(v) for v in hw))
+    return None
 
 
 def create_model(

@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from bitsmith.errors import CheckpointError, ConfigError
+from bitsmith.graph import trace
 from bitsmith.methods.rpg.config import RPGConfig
+from bitsmith.zoo import input_shape
 
 #: Attribute under which a wrapped model holds its ring.
 RING_ATTR = "rpg_ring"
@@ -120,16 +122,10 @@ def get_ring(model: nn.Module) -> Ring:
 def _weight_layers(model: nn.Module, example_input_shape: Sequence[int] | None) -> list[str]:
     """Conv/linear module names in execution order (traced when an input shape is known), else module order."""
     names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    shape = example_input_shape
-    spec = getattr(model, "bitsmith_spec", None)
-    if shape is None and isinstance(spec, dict) and "image_size" in spec:
-        size = spec["image_size"]
-        shape = (spec["in_channels"], *(size if isinstance(size, (list, tuple)) else (size, size)))
+    shape = input_shape(model, example_input_shape)
     if shape is None:
         return names
-    from bitsmith.graph import trace
-
-    order = [n for n in trace(model, tuple(shape)).layer_names() if n in names]
+    order = [n for n in trace(model, shape).layer_names() if n in names]
     return order + [n for n in names if n not in order]
 
 
