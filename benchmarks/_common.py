@@ -8,6 +8,7 @@ import re
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -15,6 +16,19 @@ from bitsmith import _io
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = ROOT / "docs" / "BENCHMARKS.md"
+
+
+#: The reference recipe's per-dataset settings (BENCHMARK_PROTOCOL.md); Adam lr 1e-3 constant is TrainConfig's
+#: default.
+SETTINGS = {"digits": {"epochs": 30, "batch_size": 64}, "fashion-mnist": {"epochs": 15, "batch_size": 128}}
+
+
+def reference_config(model: str, dataset: str, seed: int, threads: int | None, **changes: Any) -> Any:
+    """The TrainConfig of the protocol's reference recipe for ``model`` on ``dataset`` (``changes`` on top)."""
+    from bitsmith.engine import TrainConfig
+
+    return TrainConfig(model=model, dataset=dataset, seed=seed, num_threads=threads,
+                       **{**SETTINGS[dataset], **changes})
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -20,12 +20,11 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import ROOT, environment, mean_std, pm, publish
+from benchmarks._common import ROOT, environment, mean_std, pm, publish, reference_config
 from benchmarks.directq import OUT as LSQ_OUT
-from benchmarks.directq import SETTINGS
 from benchmarks.directq import accuracy_run as uniform_run
 from bitsmith import _io, data, zoo
-from bitsmith.engine import TrainConfig, seeding, train
+from bitsmith.engine import seeding, train
 from bitsmith.methods import cgmq
 
 # bound name -> (budget relative to W8A8, the uniform width with those BOPs)
@@ -47,7 +46,7 @@ def cgmq_run(model_name: str, dataset: str, bound: str, granularity: str, seed: 
                              bits=[2, 4, 8])
     qmodel = cgmq.prepare(model, config, shape)
     callback = cgmq.CGMQCallback(qmodel, config, shape)
-    cfg = TrainConfig(model=model_name, dataset=dataset, seed=seed, num_threads=threads, **SETTINGS[dataset])
+    cfg = reference_config(model_name, dataset, seed, threads)
     t0 = time.perf_counter()
     metrics = train(cfg, model=qmodel, callbacks=[callback], quiet=True).metrics
     row = {"model": model_name, "dataset": dataset, "bound": bound, "granularity": granularity, "seed": seed,

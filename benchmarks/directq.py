@@ -21,13 +21,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks._common import ROOT, environment, mean_std, pm, publish, step_times
+from benchmarks._common import ROOT, SETTINGS, environment, mean_std, pm, publish, reference_config, step_times
 from bitsmith import _io, data, zoo
-from bitsmith.engine import TrainConfig, seeding, train
+from bitsmith.engine import seeding, train
 from bitsmith.methods import directq
 from bitsmith.quant import QConfig, quantize
 
-SETTINGS = {"digits": {"epochs": 30, "batch_size": 64}, "fashion-mnist": {"epochs": 15, "batch_size": 128}}
 VARIANTS = ("fp32", "lsq", "pact", "dq-weights", "dq-acts", "dq-both", "brevitas")
 OUT = ROOT / "benchmarks" / "out" / "directq"
 
@@ -82,8 +81,7 @@ def accuracy_run(model_name: str, dataset: str, variant: str, bits: int, seed: i
     path = out / f"{model_name}-{dataset}-{tag}-s{seed}.json"
     if path.exists():
         return json.loads(path.read_text())
-    cfg = TrainConfig(model=model_name, dataset=dataset, seed=seed, num_threads=threads, scheduler=scheduler,
-                      **SETTINGS[dataset])
+    cfg = reference_config(model_name, dataset, seed, threads, scheduler=scheduler)
     ds = data.get(dataset, split="train")
     t0 = time.perf_counter()
     result = train(cfg, model=build(variant, model_name, ds, bits, seed), quiet=True)

@@ -25,24 +25,18 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import ROOT, environment, mean_std, pm, publish
+from benchmarks._common import ROOT, environment, mean_std, pm, publish, reference_config
 from benchmarks.cgmq import OUT as CGMQ_OUT
 from benchmarks.cgmq import cgmq_run
 from benchmarks.directq import OUT as LSQ_OUT
-from benchmarks.directq import SETTINGS
 from benchmarks.directq import accuracy_run as uniform_run
 from bitsmith import _io, searches
-from bitsmith.engine import TrainConfig
 from bitsmith.methods import dnas
 
 BOUNDS = {"w4a4": (0.25, 4), "w3a3": (0.140625, 3), "w2a2": (0.0625, 2)}
 VARIANTS = {"gumbel": ("gumbel", False), "score": ("score", False), "gumbel+prune": ("gumbel", True),
             "score+prune": ("score", True)}
 OUT = ROOT / "benchmarks" / "out" / "dnas"
-
-
-def base_config(model_name: str, dataset: str, seed: int, threads: int) -> TrainConfig:
-    return TrainConfig(model=model_name, dataset=dataset, seed=seed, num_threads=threads, **SETTINGS[dataset])
 
 
 def search_config(bound: str, estimator: str = "gumbel", prune: bool = False) -> dnas.DNASConfig:
@@ -58,7 +52,7 @@ def dnas_run(model_name: str, dataset: str, bound: str, variant: str, seed: int,
         return json.loads(path.read_text())
     estimator, prune = VARIANTS[variant]
     summary = searches.dnas_search(search_config(bound, estimator, prune), out / "runs" / key,
-                                   base=base_config(model_name, dataset, seed, threads), retrain_from="scratch",
+                                   base=reference_config(model_name, dataset, seed, threads), retrain_from="scratch",
                                    quiet=True, resume=True)
     row = {"model": model_name, "dataset": dataset, "bound": bound, "variant": variant, "seed": seed,
            **{k: summary[k] for k in ("test_acc", "bops", "budget_bops", "searched_bops", "repaired",
@@ -73,7 +67,7 @@ def dnas_run(model_name: str, dataset: str, bound: str, variant: str, seed: int,
 def grid_run(model_name: str, dataset: str, bound: str, configs: int, seeds: list[int], out: Path,
              threads: int) -> dict:
     """The grid study at one budget (its runs are reused when the study is re-run)."""
-    cfg = base_config(model_name, dataset, seeds[0], threads)
+    cfg = reference_config(model_name, dataset, seeds[0], threads)
     return searches.grid_study(search_config(bound), out / "grid" / f"{model_name}-{dataset}-{bound}", base=cfg,
                                configs=configs, seeds=seeds, quiet=True)
 

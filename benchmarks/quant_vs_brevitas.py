@@ -21,12 +21,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks._common import ROOT, environment, mean_std, pm, step_times, update_section
+from benchmarks._common import ROOT, SETTINGS, environment, mean_std, pm, reference_config, step_times, update_section
 from bitsmith import _io, data, zoo
-from bitsmith.engine import TrainConfig, seeding, train
+from bitsmith.engine import seeding, train
 from bitsmith.quant import QConfig, quantize
 
-SETTINGS = {"digits": {"epochs": 30, "batch_size": 64}, "fashion-mnist": {"epochs": 15, "batch_size": 128}}
 BITS = (8, 4, 2)
 
 
@@ -71,7 +70,7 @@ def accuracy_run(dataset: str, variant: str, seed: int, out: Path) -> dict:
     path = out / f"{dataset}-{variant}-s{seed}.json"
     if path.exists():
         return json.loads(path.read_text())
-    cfg = TrainConfig(model="lenet5", dataset=dataset, seed=seed, num_threads=2, **SETTINGS[dataset])
+    cfg = reference_config("lenet5", dataset, seed, 2)
     ds = data.get(dataset, split="train")
     t0 = time.perf_counter()
     result = train(cfg, model=build(variant, ds, seed), quiet=True)

@@ -23,25 +23,20 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import ROOT, environment, mean_std, pm, publish, step_times
-from benchmarks.directq import SETTINGS
+from benchmarks._common import ROOT, SETTINGS, environment, mean_std, pm, publish, reference_config, step_times
 from bitsmith import _io, data, runs, searches, zoo
-from bitsmith.engine import TrainConfig
 from bitsmith.methods import rpg
 
 OUT = ROOT / "benchmarks" / "out" / "rpg"
 RATIOS = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 1.0)
 
 
-def base_config(model_name: str, dataset: str, threads: int, seed: int = 0) -> TrainConfig:
-    return TrainConfig(model=model_name, dataset=dataset, seed=seed, num_threads=threads, **SETTINGS[dataset])
-
-
 def sweep(model_name: str, dataset: str, seeds: list[int], threads: int, out: Path,
           ratios: tuple[float, ...] = RATIOS) -> dict:
     """The sweep's runs (reused when finished) and its fit over 0.01 %–1 %."""
-    return searches.rpg_sweep(base_config(model_name, dataset, threads), out / "sweep" / f"{model_name}-{dataset}",
-                              ratios=ratios, seeds=seeds, fit_range=(0.0001, 0.01), quiet=True)
+    base = reference_config(model_name, dataset, 0, threads)
+    return searches.rpg_sweep(base, out / "sweep" / f"{model_name}-{dataset}", ratios=ratios, seeds=seeds,
+                              fit_range=(0.0001, 0.01), quiet=True)
 
 
 def _params(model_name: str, ds: object, width: float) -> int:
@@ -64,7 +59,7 @@ def narrow_run(model_name: str, dataset: str, width: float, seed: int, threads: 
     path = out / "narrow" / f"{model_name}-{dataset}-w{width:.4f}-s{seed}.json"
     if path.exists():
         return json.loads(path.read_text())
-    cfg = base_config(model_name, dataset, threads, seed)
+    cfg = reference_config(model_name, dataset, seed, threads)
     cfg.model_kwargs = {"width": width}
     metrics = searches._plain_run(cfg, path.with_suffix(""), quiet=True)
     row = {"width": width, "seed": seed, "test_acc": metrics["test_acc"],
@@ -81,12 +76,13 @@ def gain_part(args: argparse.Namespace, seeds: list[int]) -> list[str]:
     for model_name in args.models.split(","):
         for dataset in args.datasets.split(","):
             for ratio in (0.001, 0.003):
+                base = reference_config(model_name, dataset, 0, args.threads)
                 for gain in (1.0, 3.0):
                     acc = []
                     for seed in seeds:
                         run_dir = args.out / "gain" / f"{model_name}-{dataset}-r{ratio:g}-g{gain:g}-s{seed}"
                         metrics = searches._run("rpg", rpg.RPGConfig(dof_ratio=ratio, ring_lr_gain=gain), run_dir,
-                                                source=None, base=base_config(model_name, dataset, args.threads),
+                                                source=None, base=base,
                                                 quiet=True, resume=True, seed=seed)
                         acc.append(metrics["test_acc"])
                     lines.append(f"| {model_name} | {dataset} | {100 * ratio:g} % | {gain:g} | {pm(acc)} | "
