@@ -72,7 +72,7 @@ ERRORS = [
     (["--wbits", "4", "--bits-file", "BITS"], "not both"),
     (["--bits-file", "BAD"], "'features.1' is not a conv/linear layer"),
     (["--bits-file", "MISSING"], "bits file not found"),
-    (["--model", "foo"], "unknown model 'foo'; available: lenet5"),
+    (["--model", "foo"], "unknown model 'foo'; available: cellnet, lenet5"),
     (["--scale-bits", "-1"], "scale_bits"),
 ]
 

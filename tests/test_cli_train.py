@@ -33,7 +33,7 @@ def test_lists(cli):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (("train", "--model", "alexnet"), "unknown model 'alexnet'; available: lenet5"),
+    (("train", "--model", "alexnet"), "unknown model 'alexnet'; available: cellnet, lenet5"),
     (("train", "--dataset", "imagenet"), "unknown dataset 'imagenet'; available:"),
     (("train", "--dataset", "mnist", "--data-root", "{tmp}"), "train-images-idx3-ubyte"),
     (("train", "--epochs", "0"), "epochs must be a positive integer"),
@@ -76,5 +76,5 @@ def test_entry_point_subprocess(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bitsmith.cli.main", "train", "--model", "nope"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == ("error: unknown model 'nope'; available: lenet5, mobilenetv2, resnet18, resnet20, "
-                                   "vgg_small")
+    assert proc.stderr.strip() == ("error: unknown model 'nope'; available: cellnet, lenet5, mobilenetv2, resnet18, "
+                                   "resnet20, vgg_small")

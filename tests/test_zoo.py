@@ -31,7 +31,7 @@ def linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
 
 
 def test_list_models_sorted_and_complete() -> None:
-    assert list_models() == MODELS
+    assert list_models() == sorted([*MODELS, "cellnet"])  # cellnet: the GHN search space, tested in test_space
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -202,7 +202,7 @@ def test_init_is_standard() -> None:
 @pytest.mark.parametrize(
     ("args", "kwargs", "fragment"),
     [
-        (("lenet6",), {}, "available: lenet5, mobilenetv2, resnet18, resnet20, vgg_small"),
+        (("lenet6",), {}, "available: cellnet, lenet5, mobilenetv2, resnet18, resnet20, vgg_small"),
         (("resnet20",), {"num_classes": 0}, "num_classes must be a positive integer"),
         (("resnet20",), {"num_classes": True}, "num_classes"),
         (("resnet20",), {"num_classes": "10"}, "num_classes"),
@@ -228,7 +228,7 @@ def test_bad_arguments_raise_one_line(args: tuple, kwargs: dict, fragment: str) 
 
 
 def test_describe_unknown_model() -> None:
-    with pytest.raises(BitsmithError, match="unknown model 'nope'; available: lenet5"):
+    with pytest.raises(BitsmithError, match="unknown model 'nope'; available: cellnet, lenet5"):
         describe("nope")
 
 

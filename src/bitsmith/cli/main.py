@@ -28,6 +28,7 @@ _COMMAND_MODULES = (
     "bitsmith.cli.cgmq",
     "bitsmith.cli.search",
     "bitsmith.cli.rpg",
+    "bitsmith.cli.ghn",
 )
 
 for _name in _COMMAND_MODULES:

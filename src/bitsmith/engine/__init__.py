@@ -1,5 +1,6 @@
 """Training and evaluation: the one Trainer, its callbacks, checkpoints, resume, seeding and DDP support."""
 
+from bitsmith.engine.batchnorm import recalibrate_bn
 from bitsmith.engine.callbacks import Callback
 from bitsmith.engine.checkpoint import load_checkpoint, save_checkpoint
 from bitsmith.engine.config import TrainConfig
@@ -14,6 +15,7 @@ from bitsmith.engine.trainer import (
     final_metrics,
     is_run_dir,
     require_run_dir,
+    stacked,
 )
 
 evaluate = evaluate_model
@@ -23,5 +25,5 @@ __all__ = [
     "Trainer",
     "build_datasets", "build_model", "evaluate", "evaluate_model", "final_metrics", "is_run_dir", "load_checkpoint",
     "load_split",
-    "require_run_dir", "save_checkpoint", "save_run", "train",
+    "recalibrate_bn", "require_run_dir", "save_checkpoint", "save_run", "stacked", "train",
 ]

@@ -38,6 +38,8 @@ class TrainConfig:
     device: str = "auto"
     num_threads: int | None = None
     eval_batch_size: int = 512
+    max_steps: int | None = None
+    nonfinite_restores: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -68,5 +70,9 @@ class TrainConfig:
             raise ConfigError(f"step size must be a positive number of epochs, got {self.step_size}")
         if self.num_threads is not None and self.num_threads <= 0:
             raise ConfigError(f"num threads must be a positive integer, got {self.num_threads}")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError(f"max steps must be a positive integer (or unset), got {self.max_steps}")
+        if self.nonfinite_restores < 0:
+            raise ConfigError(f"nonfinite restores must be >= 0, got {self.nonfinite_restores}")
         if self.image_size is not None and self.image_size <= 0:
             raise ConfigError(f"image size must be a positive integer, got {self.image_size}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import statistics
@@ -54,12 +55,21 @@ def evaluate_model(model: nn.Module, data: Dataset | tuple[torch.Tensor, torch.T
     for i in range(0, len(y_all), batch_size):
         x = x_all[i:i + batch_size].to(device)
         y = y_all[i:i + batch_size].to(device)
-        out = model(x)
-        loss_sum += F.cross_entropy(out, y, reduction="sum").item()
-        correct += (out.argmax(1) == y).sum().item()
+        out, target = stacked(model(x), y)
+        loss_sum += F.cross_entropy(out, target, reduction="sum").item() * len(y) / len(target)
+        correct += (out.argmax(1) == target).sum().item() * len(y) / len(target)
     model.train(was_training)
     n = max(len(y_all), 1)
     return {"loss": loss_sum / n, "acc": correct / n}
+
+
+def stacked(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and targets for the loss: a model may return (M, B, classes), M predictions for the same batch (e.g. one
+    per architecture of a hypernetwork's meta-batch); they are flattened and the targets repeated, so the loss and
+    accuracy are the mean over the M predictions."""
+    if out.dim() == 3 and out.shape[1] == y.shape[0]:
+        return out.flatten(0, 1), y.repeat(out.shape[0])
+    return out, y
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -107,6 +117,8 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.ddp_model: nn.Module | None = None
+        self._good_state: dict[str, Any] | None = None
+        self._restores = 0
 
     # -- construction ---------------------------------------------------------------------------------------
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -227,9 +239,12 @@ class Trainer:
         per_rank_batch = max(1, cfg.batch_size // world)
         for cb in self.callbacks:
             cb.on_fit_start(self)
+        self._remember_good_state()
 
         with EpochProgress(quiet=self.quiet or not dist.is_main()) as bar:
             for epoch in range(start_epoch, cfg.epochs):
+                if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
+                    break
                 self.epoch = epoch
                 sampler.set_epoch(epoch)
                 indices = torch.tensor(list(sampler), dtype=torch.long)
@@ -250,6 +265,7 @@ class Trainer:
                 self.history.extend([record, *evals])
                 bar.end_epoch(_summary(merged))
                 self._save()
+                self._remember_good_state()
                 dist.barrier()
 
         result = final_metrics(self.history)
@@ -257,6 +273,32 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_fit_end(self, result)
         return result
+
+    def _remember_good_state(self) -> None:
+        """Keep an in-memory copy of model and optimizer state to roll back to after a non-finite loss."""
+        if self.config.nonfinite_restores and self.optimizer is not None:
+            self._good_state = copy.deepcopy({"model": self.model.state_dict(),
+                                              "optimizer": self.optimizer.state_dict()})
+
+    def _finite(self, value: float, epoch: int, what: str = "loss") -> bool:
+        """True if ``value`` is finite (on every rank). Otherwise roll back to the last good state and skip the
+        batch while ``nonfinite_restores`` lasts, then raise NonFiniteLossError."""
+        bad = dist.all_reduce_sum([0.0 if math.isfinite(value) else 1.0], self.device)[0] \
+            if self.config.nonfinite_restores and dist.world_size() > 1 else float(not math.isfinite(value))
+        if not bad:
+            return True
+        assert self.optimizer is not None
+        if self._restores >= self.config.nonfinite_restores or self._good_state is None:
+            raise NonFiniteLossError(
+                f"{what} became {value} at epoch {epoch + 1}, step {self.global_step}; "
+                "the last checkpoint in the run directory is the last good state (try a lower learning rate)")
+        self._restores += 1
+        self.model.load_state_dict(self._good_state["model"])
+        self.optimizer.load_state_dict(self._good_state["optimizer"])
+        self.optimizer.zero_grad(set_to_none=True)
+        self.history.append({"type": "restore", "epoch": epoch + 1, "step": self.global_step, "what": what,
+                             "restores": self._restores})
+        return False
 
     def _train_epoch(self, epoch: int, x_all: torch.Tensor, y_all: torch.Tensor,
                      batches: list[torch.Tensor], bar: EpochProgress) -> dict[str, Any]:
@@ -277,33 +319,36 @@ class Trainer:
                 cb.before_step(self, x, y)
             t0 = time.perf_counter()
             self.optimizer.zero_grad(set_to_none=True)
-            out = model(x)
-            loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+            raw = model(x)
+            out, target = stacked(raw, y)
+            loss = F.cross_entropy(out, target, label_smoothing=cfg.label_smoothing)
             for cb in self.callbacks:
-                extra = cb.extra_loss(self, out, y)
+                extra = cb.extra_loss(self, raw, y)
                 if extra is not None:
                     loss = loss + extra
+            loss_value = loss.item()
+            if not self._finite(loss_value, epoch):
+                continue
             loss.backward()
             for cb in self.callbacks:
                 cb.after_backward(self)
             if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                if not self._finite(float(norm), epoch, "gradient norm"):
+                    continue
             self.optimizer.step()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             step_times.append(time.perf_counter() - t0)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise NonFiniteLossError(
-                    f"loss became {loss_value} at epoch {epoch + 1}, step {self.global_step}; "
-                    "the last checkpoint in the run directory is the last good state (try a lower learning rate)")
             loss_sum += loss_value * len(idx)
-            correct += (out.detach().argmax(1) == y).sum().item()
+            correct += (out.detach().argmax(1) == target).sum().item() * len(idx) / len(target)
             seen += len(idx)
             for cb in self.callbacks:
                 cb.after_step(self, self.global_step, loss_value)
             self.global_step += 1
             bar.advance(f"loss {loss_sum / max(seen, 1):.4f}")
+            if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
+                break
         if self.scheduler is not None:
             self.scheduler.step()
         loss_sum, correct, seen = dist.all_reduce_sum([loss_sum, float(correct), float(seen)], self.device)

@@ -1,0 +1,188 @@
+"""``bitsmith ghn train`` / ``bitsmith ghn eval`` (the graph hypernetwork) and ``bitsmith predict`` (a zoo or
+search-space model with predicted parameters, as a run directory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from bitsmith import _io
+from bitsmith.cli._common import check_names, check_writable_out, console, parse_ints, percent
+from bitsmith.errors import BitsmithError
+
+ghn_app = typer.Typer(help="Graph hypernetworks: train one, evaluate it on held-out architectures.",
+                      no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+
+_GHN = typer.Option("digits", "--ghn", help="GHN file, `ghn train` run folder, or shipped name (digits, fashion-mnist)")
+
+
+def _data_for(ghn: Any, dataset: str | None, data_root: Path | None) -> tuple[Any, Any, Any]:
+    """The TrainConfig (reference recipe), training and test splits of the GHN's dataset (or ``dataset``)."""
+    from bitsmith.engine import TrainConfig, load_split
+    from bitsmith.methods.ghn import recipe
+
+    name = dataset or ghn.info.get("dataset") or "digits"
+    check_names("lenet5", name)
+    base = TrainConfig(dataset=name, data_root=str(data_root) if data_root else None,
+                       batch_size=recipe(name).batch_size)
+    train_ds, test_ds = load_split(base, "train"), load_split(base, "test")
+    shape = (train_ds.in_channels, *train_ds.image_size)
+    if shape != ghn.config.input_shape or train_ds.num_classes != ghn.config.num_classes:
+        raise BitsmithError(
+            f"this GHN was trained for {'x'.join(map(str, ghn.config.input_shape))} images and "
+            f"{ghn.config.num_classes} classes; {name} has {'x'.join(map(str, shape))} images and "
+            f"{train_ds.num_classes} classes")
+    return base, train_ds, test_ds
+
+
+def train_cmd(
+    dataset: str = typer.Option("digits", help="dataset (digits, fashion-mnist, ...)"),
+    data_root: Path | None = typer.Option(None, help="folder holding the dataset's files"),
+    encoder: str = typer.Option("gatedgnn", help="gatedgnn (GHN-2) | graphormer (GHN-3 style)"),
+    hidden: int = typer.Option(64, help="node embedding size"),
+    layers: int = typer.Option(1, help="message-passing rounds (gatedgnn) or transformer blocks (graphormer)"),
+    meta_batch: int = typer.Option(8, help="architectures per step"),
+    pool: int = typer.Option(0, help="train on the first N architectures of the space (0: a new one every draw)"),
+    eval_archs: int = typer.Option(8, help="validation architectures scored during training"),
+    eval_every: int = typer.Option(10, help="score them every N epochs (and after the last)"),
+    epochs: int = typer.Option(120, help="epochs over the training images"),
+    lr: float = typer.Option(1e-3, help="AdamW learning rate (cosine schedule)"),
+    batch_size: int | None = typer.Option(None, help="image batch size (default: 64 digits, 128 fashion-mnist)"),
+    grad_clip: float = typer.Option(5.0, help="gradient norm clip"),
+    seed: int = typer.Option(0, help="random seed"),
+    threads: int | None = typer.Option(None, help="torch CPU threads"),
+    out: Path = typer.Option(..., help="run folder to write (ghn.safetensors, metrics, config)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the interrupted training in --out"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Train a graph hypernetwork that predicts all parameters of CNNs of the search space for one dataset."""
+    from bitsmith import _config
+    from bitsmith.engine import TrainConfig, distributed, is_run_dir
+    from bitsmith.methods.ghn import GHNTrainConfig, recipe, train_ghn
+
+    if resume:
+        if not is_run_dir(out):
+            raise BitsmithError(f"--resume: {out} holds no interrupted GHN training")
+        saved = _io.read_json(out / "config.json", "run config", BitsmithError)
+        if saved.get("command") != "ghn train":
+            raise BitsmithError(f"--resume: {out} is not a `ghn train` run")
+        train = _config.from_dict(TrainConfig, saved["train"])
+        ghn_fields = {k: v for k, v in saved["ghn"].items() if k not in ("num_classes", "in_channels", "image_size")}
+        train_cfg = GHNTrainConfig.from_dict(saved["ghn_train"])
+    else:
+        check_names("lenet5", dataset)
+        if out.exists() and is_run_dir(out):
+            raise BitsmithError(f"{out} already holds a run; add --resume or choose another --out")
+        train = recipe(dataset, data_root=str(data_root) if data_root else None, epochs=epochs, lr=lr,
+                       grad_clip=grad_clip, seed=seed, num_threads=threads, batch_size=batch_size)
+        ghn_fields = {"encoder": encoder, "hidden": hidden, "layers": layers}
+        train_cfg = GHNTrainConfig(meta_batch=meta_batch, pool=pool, eval_archs=eval_archs, eval_every=eval_every)
+    check_writable_out(out)
+    ghn, metrics = train_ghn(train, ghn_fields, train_cfg, out, resume=resume, quiet=quiet)
+    if not distributed.is_main():
+        distributed.shutdown()
+        return
+    distributed.shutdown()
+    console.print(f"GHN ({ghn.num_parameters():,} parameters): mean validation accuracy of its predictions on "
+                  f"{train_cfg.eval_archs} held-out architectures {percent(metrics.get('val_acc', 0.0))} (worst "
+                  f"{percent(metrics.get('val_acc_worst', 0.0))})  file: {out / 'ghn.safetensors'}")
+
+
+def eval_cmd(
+    ghn_source: str = _GHN,
+    splits: str = typer.Option("test", help="comma-separated: val, test, wide, deep, predefined"),
+    n: int = typer.Option(100, help="architectures per split"),
+    steps: str = typer.Option("1,10,100", help="SGD step counts for the random-init and fine-tuning rows"),
+    converge_epochs: int = typer.Option(30, help="epochs of the trained-to-convergence reference (0: skip)"),
+    bn_batches: int = typer.Option(10, help="training batches that recalibrate BN statistics"),
+    dataset: str | None = typer.Option(None, help="dataset (default: the GHN's)"),
+    data_root: Path | None = typer.Option(None, help="folder holding the dataset's files"),
+    threads: int | None = typer.Option(None, help="torch CPU threads"),
+    out: Path = typer.Option(..., help="folder to write ghn_eval.json (an interrupted evaluation continues)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="print only the summary"),
+) -> None:
+    """Accuracy of predicted parameters on held-out architectures vs random init, k SGD steps, fine-tuning from the
+    prediction and training to convergence (BN recalibrated on training batches; batch-statistics column extra)."""
+    import torch
+
+    from bitsmith.methods.ghn import EvalConfig, evaluate_ghn, load_ghn
+
+    cfg = EvalConfig(splits=[s.strip() for s in splits.split(",")], n=n, steps=parse_ints(steps, "--steps", "1,10,100"),
+                     converge_epochs=converge_epochs, bn_batches=bn_batches)
+    if threads:
+        torch.set_num_threads(threads)
+    ghn = load_ghn(ghn_source)
+    base, train_ds, test_ds = _data_for(ghn, dataset, data_root)
+    check_writable_out(out)
+
+    def progress(split: str, row: dict[str, Any]) -> None:
+        if not quiet:
+            console.print(f"{row['arch']}: predicted {percent(row['predicted'])}, random {percent(row['random'])}"
+                          + (f", converged {percent(row['converged'])}" if "converged" in row else ""))
+
+    result = evaluate_ghn(ghn, base, train_ds, test_ds, cfg, out, progress)
+    for split, part in result["splits"].items():
+        s = part["summary"]
+        line = (f"{split} ({s['n']} architectures): predicted {percent(s['predicted']['mean'])} ± "
+                f"{100 * s['predicted']['std']:.2f} (min {percent(s['predicted']['min'])})")
+        if "ratio" in s:
+            line += f", {s['ratio']['mean']:.3f}x converged (worst {s['ratio']['min']:.3f}x)"
+        console.print(line)
+    console.print(f"results: {out / 'ghn_eval.json'}")
+
+
+def predict_cmd(
+    ghn_source: str = _GHN,
+    model: str = typer.Option("resnet20", help="zoo model, or `cellnet` with --arch"),
+    arch: str | None = typer.Option(None, help="for cellnet: a search-space split and index, e.g. test:3"),
+    bn_batches: int = typer.Option(10, help="training batches that recalibrate BN statistics"),
+    dataset: str | None = typer.Option(None, help="dataset (default: the GHN's)"),
+    data_root: Path | None = typer.Option(None, help="folder holding the dataset's files"),
+    out: Path = typer.Option(..., help="run directory to write"),
+) -> None:
+    """Predict every parameter of a model with a GHN, recalibrate BN on training batches, evaluate, and write a run
+    directory (usable by `bitsmith cost --run`, `quantize --from`, ...)."""
+    import time
+
+    from bitsmith import _config, zoo
+    from bitsmith.engine import evaluate_model, recalibrate_bn, save_run
+    from bitsmith.methods.ghn import load_ghn, predict
+    from bitsmith.zoo import space
+
+    ghn = load_ghn(ghn_source)
+    base, train_ds, test_ds = _data_for(ghn, dataset, data_root)
+    kwargs: dict[str, Any] = {}
+    if arch is not None:
+        if model != "cellnet":
+            raise BitsmithError("--arch picks a search-space architecture; use it with --model cellnet")
+        split, _, index = arch.partition(":")
+        if not index.isdigit():
+            raise BitsmithError(f"--arch {arch!r}: expected SPLIT:INDEX such as test:3 (splits: "
+                                f"{', '.join(space.SPLITS)})")
+        kwargs["arch"] = space.split(split, int(index) + 1)[int(index)].to_dict()
+    check_names(model, base.dataset)
+    check_writable_out(out)
+    net = zoo.create_model(model, num_classes=train_ds.num_classes, in_channels=train_ds.in_channels,
+                           image_size=tuple(train_ds.image_size), **kwargs)
+    t0 = time.perf_counter()
+    predict(net, ghn)
+    predict_ms = 1000 * (time.perf_counter() - t0)
+    recalibrate_bn(net, train_ds, bn_batches)
+    scores = evaluate_model(net, test_ds)
+    train = _config.to_dict(_config.from_dict(type(base), {**_config.to_dict(base), "model": model,
+                                                            "model_kwargs": kwargs}))
+    history = [{"type": "eval", "epoch": 0, "split": "test", **scores}]
+    save_run(out, net, {"command": "predict", "train": train, "ghn": str(ghn_source), "bn_batches": bn_batches,
+                        "predict_ms": predict_ms}, history)
+    console.print(f"{model} with predicted parameters: test accuracy {percent(scores['acc'])} (BN recalibrated on "
+                  f"{bn_batches} training batches; prediction {predict_ms:.0f} ms)  run directory: {out}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``bitsmith ghn train|eval`` and ``bitsmith predict``."""
+    ghn_app.command("train")(train_cmd)
+    ghn_app.command("eval")(eval_cmd)
+    app.add_typer(ghn_app, name="ghn")
+    app.command("predict")(predict_cmd)

@@ -1,0 +1,51 @@
+"""BatchNorm running statistics recalibrated on training batches: the evaluation protocol for predicted or freshly
+edited parameters, whose stored statistics do not match them (never use test batches for this)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from bitsmith.errors import BitsmithError
+
+
+def _norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, data: Dataset | tuple[torch.Tensor, torch.Tensor], batches: int = 10,
+                   batch_size: int = 64, seed: int = 0) -> int:
+    """Reset every BatchNorm's running mean/var and re-estimate them as the exact average over ``batches`` batches
+    of ``batch_size`` images drawn (seeded) from ``data``; other layers stay in eval mode. Returns the images used.
+    The model's train/eval flags are restored after."""
+    from bitsmith.engine.trainer import dataset_tensors
+
+    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
+        raise BitsmithError(f"BN recalibration needs at least one batch, got {batches!r}")
+    norms = _norms(model)
+    if not norms:
+        return 0
+    x_all, _ = data if isinstance(data, tuple) else dataset_tensors(data)
+    device = next(model.parameters()).device
+    order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(seed))
+    flags = [(m, m.training) for m in model.modules()]
+    momenta = [(m, m.momentum) for m in norms]
+    model.eval()
+    used = 0
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average: the exact mean over the batches seen
+            m.train()
+        for i in range(batches):
+            idx = order[(i * batch_size) % len(order):][:batch_size]
+            model(x_all[idx].to(device))
+            used += len(idx)
+    finally:
+        for m, momentum in momenta:
+            m.momentum = momentum
+        for m, training in flags:
+            m.training = training
+    return used
