@@ -94,6 +94,23 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
     return _atomic(path, write)
 
 
+def load_tensors(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                 what: str = "safetensors file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file (data only, never code); unreadable files raise CheckpointError."""
+    from safetensors import SafetensorError, safe_open
+
+    from bitsmith.errors import CheckpointError
+
+    try:
+        with safe_open(str(path), framework="pt", device=str(map_location)) as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no iterator)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable {what} ({first})") from None
+    return tensors, meta
+
+
 def savefig(path: str | os.PathLike, fig: Any, **kwargs: Any) -> Path:
     """Save a matplotlib figure atomically (format taken from ``path``'s suffix)."""
     fmt = Path(path).suffix.lstrip(".") or "png"

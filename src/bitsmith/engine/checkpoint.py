@@ -63,18 +63,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`; a missing, corrupt or foreign file is refused clearly."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        with safe_open(str(path), framework="pt", device=str(map_location)) as fh:
-            meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no iterator)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({first})") from None
+    tensors, meta = _io.load_tensors(path, map_location, "safetensors checkpoint")
     if meta.get("format") != FORMAT or STATE_KEY not in meta:
         raise CheckpointError(f"{path}: not a bitsmith checkpoint (format {meta.get('format')!r}; expected {FORMAT!r})")
     try:

@@ -48,16 +48,8 @@ def _resolve(source: str | Path) -> Path:
 
 def load_ghn(source: str | Path, map_location: str | torch.device = "cpu") -> GraphHyperNetwork:
     """A hypernetwork from a file, a ``bitsmith ghn train`` run folder, or a shipped name (e.g. ``"digits"``)."""
-    from safetensors import SafetensorError, safe_open
-
     path = _resolve(source)
-    try:
-        with safe_open(str(path), framework="pt", device=str(map_location)) as fh:
-            meta = fh.metadata() or {}
-            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no iterator)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable safetensors file ({first})") from None
+    state, meta = _io.load_tensors(path, map_location)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a bitsmith GHN file (format {meta.get('format')!r}; expected {FORMAT!r})")
     try:
