@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from benchmarks._common import ROOT, SETTINGS, environment, publish
-from bitsmith import _io
+from bitsmith import _io, runs
 from bitsmith.engine import TrainConfig, load_split
 from bitsmith.methods import ghn as ghn_lib
 from bitsmith.methods.ghn.encoding import encode
@@ -53,24 +53,66 @@ def train(dataset: str, encoder: str, epochs: int, meta_batch: int, threads: int
     return out
 
 
-def evaluate(dataset: str, splits: list[str], n: int, threads: int, source: str) -> dict:
+def _shown(source: str) -> str:
+    """A GHN source as the docs show it: relative to the repository when it is a path inside it."""
+    path = Path(str(source))
+    return str(path.relative_to(ROOT)) if path.is_absolute() and ROOT in path.parents else str(source)
+
+
+def train_report(dataset: str, encoder: str) -> None:
+    """Publish the training run of ``dataset``'s GHN: recipe, wall time, and the validation accuracy of its
+    predictions over training (8 held-out val architectures, BN recalibrated on training batches)."""
+    out = OUT / dataset / f"train-{encoder}"
+    records = [r for r in runs.read_metrics(out) if r.get("type") == "epoch"]
+    info = ghn_lib.load_ghn(out).info
+    wall = (out / "checkpoint.safetensors").stat().st_mtime - (out / "config.json").stat().st_mtime
+    threads = info["train"]["num_threads"]
+    lines = [
+        f"## GHN: training the hypernetwork ({dataset})",
+        "",
+        f"GHN ({encoder}) trained on {dataset}: {info['steps']} steps of {info['ghn_train']['meta_batch']} fresh "
+        f"architectures x {info['train']['batch_size']} images, AdamW lr {info['train']['lr']:g}, cosine, "
+        f"{info['train']['epochs']} epochs; wall time {wall / 60:.1f} min on {threads} thread(s) of the 2-core CPU "
+        f"(the other core ran another job). File: {(out / ghn_lib.GHN_FILE).stat().st_size / 2**20:.2f} MiB.",
+        "",
+        "| epoch | step | train loss | train acc (training archs, batch stats) | val acc of predictions, mean (%) | "
+        "worst of 8 (%) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        if "val_acc" in r:
+            lines.append(f"| {r['epoch']} | {r['step']} | {r['train_loss']:.3f} | {100 * r['train_acc']:.1f} | "
+                         f"{100 * r['val_acc']:.1f} | {100 * r['val_acc_worst']:.1f} |")
+    lines += ["", f"Command: `.venv/bin/bitsmith ghn train --encoder {encoder} --dataset {dataset} --epochs "
+                  f"{info['train']['epochs']} --meta-batch {info['ghn_train']['meta_batch']} --threads {threads} "
+                  f"--out benchmarks/out/ghn/{dataset}/train-{encoder}` (equivalently `python -m benchmarks.ghn "
+                  f"--part train`); table: `python -m benchmarks.ghn --part train-report`. {environment()}"]
+    publish(f"ghn-train-{dataset}", lines)
+
+
+def evaluate(dataset: str, splits: list[str], n: int, n_ood: int, threads: int, source: str) -> dict:
     """The evaluation table of the GHN ``source`` on ``splits`` (rows cached; baselines shared across GHNs)."""
     torch.set_num_threads(threads)
     ghn = ghn_lib.load_ghn(source)
     batch, epochs = SETTINGS[dataset]["batch_size"], SETTINGS[dataset]["epochs"]
     base = TrainConfig(dataset=dataset, batch_size=batch)
     train_ds, test_ds = load_split(base, "train"), load_split(base, "test")
-    cfg = ghn_lib.EvalConfig(splits=splits, n=n, steps=[1, 10, 100], converge_epochs=epochs, bn_batches=10)
-    out = OUT / dataset / f"eval-{Path(str(source)).stem}"
+    cfg = ghn_lib.EvalConfig(splits=splits, n=n, n_ood=n_ood, steps=[1, 10, 100], converge_epochs=epochs,
+                             bn_batches=10)
+    path = Path(str(source))
+    out = OUT / dataset / f"eval-{path.parent.name if path.name == ghn_lib.GHN_FILE else path.stem}"
     result = ghn_lib.evaluate_ghn(ghn, base, train_ds, test_ds, cfg, out, baselines=OUT / dataset / "baselines",
                                   progress=lambda split, row: print(split, row["arch"], round(row["predicted"], 4)))
     lines = [
-        f"Hypernetwork `{source}` on {dataset}: accuracy (%) over held-out architectures, mean ± std [min, max]. "
+        f"## GHN: predicted parameters on held-out architectures ({dataset})",
+        "",
+        f"Hypernetwork `{_shown(source)}` on {dataset}: accuracy (%) over held-out architectures, mean ± std "
+        f"[min, max]. "
         f"BN statistics recalibrated on 10 training batches of 64 for every column; `batch stats` uses test-batch "
         f"statistics (extra column, not a headline figure). Converged: reference recipe, {epochs} epochs.",
         "",
         "| split | n | predicted | batch stats | random init | SGD 1 | SGD 10 | SGD 100 | fine-tune 10 | "
-        "fine-tune 100 | converged | predicted / converged (worst) | < 0.9x | steps worth (median) |",
+        "fine-tune 100 | converged | predicted / converged (worst) | < 0.9x | SGD steps worth (median) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
@@ -84,18 +126,19 @@ def evaluate(dataset: str, splits: list[str], n: int, threads: int, source: str)
         s = part["summary"]
         ratio = f"{s['ratio']['mean']:.3f} ({s['ratio']['min']:.3f})" if "ratio" in s else "–"
         worth = s["steps_worth_median"]
-        worth_text = f"{worth:.0f}" if worth is not None else f"> 100 for {s['steps_worth_beyond']}"
+        beyond = f" (> 100 for {s['steps_worth_beyond']})" if s["steps_worth_beyond"] else ""
+        worth_text = (f"{worth:.0f}" if worth is not None else "> 100") + beyond
         lines.append(f"| {split} | {s['n']} | {cell(s, 'predicted')} | {cell(s, 'pred_batchstat')} | "
                      f"{cell(s, 'random')} | {cell(s, 'sgd_1')} | {cell(s, 'sgd_10')} | {cell(s, 'sgd_100')} | "
                      f"{cell(s, 'finetune_10')} | {cell(s, 'finetune_100')} | {cell(s, 'converged')} | {ratio} | "
                      f"{s.get('below_0.9_of_converged', '–')} | {worth_text} |")
     lines += ["", f"Command: `.venv-bench/bin/python -m benchmarks.ghn --part eval --dataset {dataset} --n {n} "
-                  f"--splits {','.join(splits)}`. {environment()}"]
+                  f"--n-ood {n_ood} --splits {','.join(splits)}`. {environment()}"]
     publish(f"ghn-eval-{dataset}", lines)
     return result
 
 
-def baselines(dataset: str, splits: list[str], n: int, threads: int) -> None:
+def baselines(dataset: str, splits: list[str], n: int, n_ood: int, threads: int) -> None:
     """The hypernetwork-free columns (random init, SGD-k, converged) of the evaluation table, cached for reuse."""
     torch.set_num_threads(threads)
     batch, epochs = SETTINGS[dataset]["batch_size"], SETTINGS[dataset]["epochs"]
@@ -103,7 +146,8 @@ def baselines(dataset: str, splits: list[str], n: int, threads: int) -> None:
     train_ds, test_ds = load_split(base, "train"), load_split(base, "test")
     shape = ghn_lib.GHNConfig(num_classes=train_ds.num_classes, in_channels=train_ds.in_channels,
                               image_size=train_ds.image_size[0])
-    cfg = ghn_lib.EvalConfig(splits=splits, n=n, steps=[1, 10, 100], converge_epochs=epochs, bn_batches=10)
+    cfg = ghn_lib.EvalConfig(splits=splits, n=n, n_ood=n_ood, steps=[1, 10, 100], converge_epochs=epochs,
+                             bn_batches=10)
     ghn_lib.compute_baselines(shape, base, train_ds, test_ds, cfg, OUT / dataset / "baselines",
                                        progress=lambda split, row: print(split, row["arch"], row.get("converged")))
 
@@ -132,8 +176,10 @@ def speed(dataset: str, threads: int, source: str, count: int = 100) -> None:
         encode(m, cfg.input_shape, cutoff=cfg.cutoff)
     encode_ms = (time.perf_counter() - t0) / 20 * 1000
     lines = [
+        f"## GHN: prediction time ({dataset})",
+        "",
         f"Prediction time per architecture, {count} test-split architectures of the search space, hypernetwork "
-        f"`{source}` ({ghn.num_parameters():,} parameters), {threads} thread(s).",
+        f"`{_shown(source)}` ({ghn.num_parameters():,} parameters), {threads} thread(s).",
         "",
         "| mode | median ms / architecture | p90 ms |",
         "|---|---|---|",
@@ -142,19 +188,21 @@ def speed(dataset: str, threads: int, source: str, count: int = 100) -> None:
         f"| batched, {count} at once | {1000 * statistics.median(batched):.1f} | – |",
         f"| graph tracing + encoding (once per architecture) | {encode_ms:.1f} | – |",
         "",
-        f"Command: `.venv-bench/bin/python -m benchmarks.ghn --part speed --dataset {dataset}`. {environment()}",
+        f"Command: `.venv-bench/bin/python -m benchmarks.ghn --part speed --dataset {dataset} --threads {threads}`. "
+        f"{environment()}",
     ]
     publish(f"ghn-speed-{dataset}", lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=["train", "baselines", "eval", "speed"], required=True)
+    parser.add_argument("--part", choices=["train", "train-report", "baselines", "eval", "speed"], required=True)
     parser.add_argument("--dataset", default="digits", choices=sorted(SETTINGS))
     parser.add_argument("--encoder", default="gatedgnn", choices=list(ghn_lib.ENCODERS))
     parser.add_argument("--epochs", type=int, default=120)
     parser.add_argument("--meta-batch", type=int, default=4)
     parser.add_argument("--n", type=int, default=30, help="architectures per evaluation split")
+    parser.add_argument("--n-ood", type=int, default=3, help="architectures of the wide and deep splits")
     parser.add_argument("--splits", default="test,wide,deep,predefined")
     parser.add_argument("--ghn", default=None, help="GHN to evaluate (default: this benchmark's trained one)")
     parser.add_argument("--threads", type=int, default=2)
@@ -163,10 +211,12 @@ def main() -> None:
     source = args.ghn or str(OUT / args.dataset / f"train-{args.encoder}" / ghn_lib.GHN_FILE)
     if args.part == "train":
         train(args.dataset, args.encoder, args.epochs, args.meta_batch, args.threads, args.ship)
+    elif args.part == "train-report":
+        train_report(args.dataset, args.encoder)
     elif args.part == "baselines":
-        baselines(args.dataset, args.splits.split(","), args.n, args.threads)
+        baselines(args.dataset, args.splits.split(","), args.n, args.n_ood, args.threads)
     elif args.part == "eval":
-        evaluate(args.dataset, args.splits.split(","), args.n, args.threads, source)
+        evaluate(args.dataset, args.splits.split(","), args.n, args.n_ood, args.threads, source)
     else:
         speed(args.dataset, args.threads, source)
 

@@ -17,6 +17,7 @@ from bitsmith.methods.ghn import (
     GHNConfig,
     GHNTrainConfig,
     GraphHyperNetwork,
+    compute_baselines,
     encode,
     evaluate_ghn,
     load_ghn,
@@ -257,8 +258,11 @@ def test_evaluation_rows_cache_and_compare(trained_ghn, tmp_path) -> None:
     base = TrainConfig(dataset="digits")
     train_ds, test_ds = load_split(base, "train"), load_split(base, "test")
     cfg = EvalConfig(splits=["test"], n=1, steps=[1, 5], converge_epochs=1, bn_batches=2)
+    compute_baselines(ghn.config, base, train_ds, test_ds, cfg, tmp_path / "base")
+    cached = json.loads((tmp_path / "base" / "test-0.json").read_text())
     result = evaluate_ghn(ghn, base, train_ds, test_ds, cfg, tmp_path / "eval", baselines=tmp_path / "base")
     row = result["splits"]["test"]["rows"][0]
+    assert row["converged"] == cached["converged"] and row["sgd_5"] == cached["sgd_5"]
     assert set(row) >= {"predicted", "pred_batchstat", "random", "sgd_1", "sgd_5", "finetune_5", "converged", "ratio"}
     assert row["converged"] > row["random"]
     again = evaluate_ghn(ghn, base, train_ds, test_ds, cfg, tmp_path / "eval", baselines=tmp_path / "base")

@@ -94,6 +94,7 @@ def eval_cmd(
     ghn_source: str = _GHN,
     splits: str = typer.Option("test", help="comma-separated: val, test, wide, deep, predefined"),
     n: int = typer.Option(100, help="architectures per split"),
+    n_ood: int | None = typer.Option(None, help="architectures of the wide/deep splits (default: --n)"),
     steps: str = typer.Option("1,10,100", help="SGD step counts for the random-init and fine-tuning rows"),
     converge_epochs: int = typer.Option(30, help="epochs of the trained-to-convergence reference (0: skip)"),
     bn_batches: int = typer.Option(10, help="training batches that recalibrate BN statistics"),
@@ -109,7 +110,8 @@ def eval_cmd(
 
     from bitsmith.methods.ghn import EvalConfig, evaluate_ghn, load_ghn
 
-    cfg = EvalConfig(splits=[s.strip() for s in splits.split(",")], n=n, steps=parse_ints(steps, "--steps", "1,10,100"),
+    cfg = EvalConfig(splits=[s.strip() for s in splits.split(",")], n=n, n_ood=n_ood,
+                     steps=parse_ints(steps, "--steps", "1,10,100"),
                      converge_epochs=converge_epochs, bn_batches=bn_batches)
     if threads:
         torch.set_num_threads(threads)

@@ -67,7 +67,7 @@ def stacked(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     """Logits and targets for the loss: a model may return (M, B, classes), M predictions for the same batch (e.g. one
     per architecture of a hypernetwork's meta-batch); they are flattened and the targets repeated, so the loss and
     accuracy are the mean over the M predictions."""
-    if out.dim() == 3 and out.shape[1] == y.shape[0]:
+    if out.dim() == 3 and y.dim() == 1 and out.shape[1] == y.shape[0]:
         return out.flatten(0, 1), y.repeat(out.shape[0])
     return out, y
 

@@ -33,23 +33,29 @@ EVAL_SPLITS = (*space.SPLITS, "predefined")
 
 @dataclass
 class EvalConfig(_config.JsonConfig):
-    """What ``bitsmith ghn eval`` measures: ``splits`` with ``n`` architectures each, SGD/fine-tuning after
+    """What ``bitsmith ghn eval`` measures: ``splits`` with ``n`` architectures each (``n_ood`` for the costlier
+    wide/deep splits; default n; predefined always holds four), SGD/fine-tuning after
     ``steps`` steps, training to convergence for ``converge_epochs`` (0 skips it), BN recalibration batches."""
 
     splits: list[str] = field(default_factory=lambda: ["test"])
     n: int = 100
+    n_ood: int | None = None
     steps: list[int] = field(default_factory=lambda: [1, 10, 100])
     converge_epochs: int = 30
     bn_batches: int = 10
     seed: int = 0
+
+    def size(self, split: str) -> int:
+        """How many architectures of ``split`` to evaluate."""
+        return self.n_ood if split in ("wide", "deep") and self.n_ood is not None else self.n
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.splits if s not in EVAL_SPLITS]
         if unknown or not self.splits:
             raise ConfigError(f"unknown GHN evaluation split(s) {', '.join(unknown) or '(none)'}; "
                               f"accepted: {', '.join(EVAL_SPLITS)}")
-        if self.n < 1:
-            raise ConfigError(f"GHN evaluation needs n >= 1 architectures per split, got {self.n}")
+        if self.n < 1 or (self.n_ood is not None and self.n_ood < 1):
+            raise ConfigError(f"GHN evaluation needs n >= 1 architectures per split, got {self.n}, {self.n_ood}")
         if any(k < 1 for k in self.steps):
             raise ConfigError(f"SGD step counts must be positive, got {self.steps}")
         if self.converge_epochs < 0:
@@ -155,7 +161,7 @@ def compute_baselines(data_config: GHNConfig, base: TrainConfig, train_ds: Any, 
     e.g. while one trains; ``data_config`` gives the data's shape and classes."""
     settings = _settings(base, cfg)
     for split in cfg.splits:
-        for name, build in architectures(split, cfg.n, data_config):
+        for name, build in architectures(split, cfg.size(split), data_config):
             row = _cached(Path(baselines) / f"{name}.json", settings,
                           lambda build=build: baseline_row(build, base, train_ds, test_ds, cfg))
             if progress is not None:
@@ -201,10 +207,10 @@ def summarize(rows: list[dict[str, Any]], steps: Sequence[int]) -> dict[str, Any
         if values:
             out[c] = {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
                       "min": min(values), "max": max(values)}
-    worth = [steps_worth(r, steps) for r in rows]
-    known = [w for w in worth if w is not None]
-    out["steps_worth_median"] = statistics.median(known) if len(known) == len(worth) and known else None
-    out["steps_worth_beyond"] = sum(w is None for w in worth)
+    worth = sorted(math.inf if w is None else w for w in (steps_worth(r, steps) for r in rows))
+    median = statistics.median(worth) if worth else None
+    out["steps_worth_median"] = median if median is not None and math.isfinite(median) else None
+    out["steps_worth_beyond"] = sum(math.isinf(w) for w in worth)
     if rows and "converged" in rows[0]:
         out["below_0.9_of_converged"] = sum(r["ratio"] < 0.9 for r in rows)
     return out
@@ -220,7 +226,7 @@ def evaluate_ghn(ghn: GraphHyperNetwork, base: TrainConfig, train_ds: Any, test_
     result: dict[str, Any] = {"config": cfg.to_dict(), "train": _config.to_dict(base), "splits": {}}
     for split in cfg.splits:
         rows = []
-        for name, build in architectures(split, cfg.n, ghn.config):
+        for name, build in architectures(split, cfg.size(split), ghn.config):
             row = evaluate_architecture(name, build, ghn, base, train_ds, test_ds, cfg,
                                         Path(out) if out is not None else None,
                                         Path(baselines) if baselines is not None else None)

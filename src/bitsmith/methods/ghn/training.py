@@ -3,13 +3,12 @@ sampled architectures, each fed the step's image batch with its predicted parame
 
 :class:`GHNTask` is the module the Trainer trains (its only parameters are the hypernetwork's); it returns
 (meta_batch, batch, classes) logits, whose mean cross-entropy the Trainer minimises. Under torchrun every rank draws
-its own architectures. :class:`GHNCallback` scores fixed validation architectures after each epoch (BN statistics
-recalibrated on training batches) every few epochs and writes the hypernetwork file.
+its own architectures. :class:`GHNCallback` scores fixed validation architectures every few epochs (BN statistics
+recalibrated on training batches) and writes the hypernetwork file.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +54,7 @@ class ArchitectureSource:
 
     def __init__(self, config: GHNConfig, pool: int) -> None:
         self.config, self.pool = config, pool
-        self._cache: OrderedDict[int, Architecture] = OrderedDict()
+        self._cache: dict[int, Architecture] = {}
 
     @property
     def draw_range(self) -> int:
@@ -81,7 +80,7 @@ class GHNTask(nn.Module):
         self.ghn = ghn
         self.meta_batch = meta_batch
         self._source = source
-        self._eval_archs = eval_archs  # a plain list: their parameters are predicted, never trained
+        self.eval_archs = eval_archs  # a plain list: their parameters are predicted, never trained
 
     def draw(self) -> list[Architecture]:
         """This rank's architectures for the step (global torch RNG: reproducible and resumable)."""
@@ -93,7 +92,7 @@ class GHNTask(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Stacked logits of every architecture of the meta-batch (training) or of the evaluation set."""
         if not self.training:
-            return torch.stack([arch.model(x) for arch in self._eval_archs])
+            return torch.stack([arch.model(x) for arch in self.eval_archs])
         archs = self.draw()
         params = self.ghn([a.encoding for a in archs])
         outs = []
@@ -120,7 +119,7 @@ class GHNCallback(Callback):
     def after_epoch(self, trainer: Any, epoch: int, metrics: dict[str, Any]) -> None:
         if not self._due(trainer, epoch):
             return
-        archs = self.task._eval_archs
+        archs = self.task.eval_archs
         predict_many([a.model for a in archs], self.task.ghn, [a.encoding for a in archs])
         for arch in archs:
             arch.model.to(trainer.device)
