@@ -51,19 +51,27 @@ def _levels(num_nodes: int, src: torch.Tensor, dst: torch.Tensor) -> torch.Tenso
 
 def _schedule(num_nodes: int, src: torch.Tensor, dst: torch.Tensor, dist: torch.Tensor,
               real: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Per depth level: (receiving nodes, edge sources, edge target slot, 1/distance, is-virtual) for the sweep."""
+    """Per depth level: (receiving nodes, edge sources, edge target slot, 1/distance, 1 if virtual else 0).
+
+    Nodes and edges are grouped by level with one sort each (no per-level scan), since this runs on every forward.
+    """
+    if num_nodes == 0:
+        return []
     level = _levels(num_nodes, src[real], dst[real])
-    steps = []
+    depth = int(level.max()) + 1
+    node_order = torch.argsort(level, stable=True)
+    node_counts = torch.bincount(level, minlength=depth)
+    first = torch.cumsum(node_counts, 0) - node_counts
+    slot = torch.empty(num_nodes, dtype=torch.long)
+    slot[node_order] = torch.arange(num_nodes) - first[level[node_order]]
     edge_level = level[dst]
-    for lev in range(1, int(level.max()) + 1 if num_nodes else 1):
-        nodes = torch.nonzero(level == lev).flatten()
-        if nodes.numel() == 0:
-            continue
-        pick = torch.nonzero(edge_level == lev).flatten()
-        slot = torch.full((num_nodes,), -1, dtype=torch.long)
-        slot[nodes] = torch.arange(len(nodes))
-        steps.append((nodes, src[pick], slot[dst[pick]], 1.0 / dist[pick].float(), ~real[pick]))
-    return steps
+    edge_order = torch.argsort(edge_level, stable=True)
+    edge_counts = torch.bincount(edge_level, minlength=depth).tolist()
+    weight = 1.0 / dist[edge_order].float()
+    groups = zip(torch.split(node_order, node_counts.tolist()), torch.split(src[edge_order], edge_counts),
+                 torch.split(slot[dst[edge_order]], edge_counts), torch.split(weight, edge_counts),
+                 torch.split((~real[edge_order]).long(), edge_counts), strict=True)
+    return [step for lev, step in enumerate(groups) if lev > 0 and step[0].numel()]
 
 
 class GatedGNN(nn.Module):
@@ -82,16 +90,29 @@ class GatedGNN(nn.Module):
         self.gru = nn.GRUCell(hidden, hidden)
         self.norm = nn.LayerNorm(hidden)
 
-    def _sweep(self, h: torch.Tensor, steps: list) -> torch.Tensor:
+    def _packed(self) -> tuple[torch.Tensor, ...]:
+        """Both message MLPs as one: first layers concatenated, second layers stacked (fewer, larger ops)."""
+        first = [mlp[0] for mlp in self.message]
+        second = [mlp[2] for mlp in self.message]
+        return (torch.cat([m.weight for m in first]), torch.cat([m.bias for m in first]),
+                torch.stack([m.weight for m in second]), torch.stack([m.bias for m in second]))
+
+    @staticmethod
+    def _messages(states: torch.Tensor, packed: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """(n, 2, hidden): what each node sends along real edges ([:, 0]) and along virtual edges ([:, 1])."""
+        w1, b1, w2, b2 = packed
+        hidden = F.relu(F.linear(states, w1, b1)).view(states.shape[0], 2, -1)
+        return torch.einsum("nkh,koh->nko", hidden, w2) + b2
+
+    def _sweep(self, h: torch.Tensor, steps: list, packed: tuple[torch.Tensor, ...]) -> torch.Tensor:
         # A node's outgoing messages depend only on its own state, final once its level is done: keep them per node.
-        real, virtual_msg = self.message[0](h), self.message[1](h)
-        for nodes, src, slot, weight, virtual in steps:
-            msg = torch.where(virtual[:, None], virtual_msg[src], real[src]) * weight[:, None]
+        sent = self._messages(h, packed)
+        for nodes, src, slot, weight, kind in steps:
+            msg = sent[src, kind] * weight[:, None]
             incoming = torch.zeros(len(nodes), h.shape[1], dtype=h.dtype, device=h.device).index_add(0, slot, msg)
             new = self.gru(incoming, h[nodes])
             h = h.index_copy(0, nodes, new)
-            real = real.index_copy(0, nodes, self.message[0](new))
-            virtual_msg = virtual_msg.index_copy(0, nodes, self.message[1](new))
+            sent = sent.index_copy(0, nodes, self._messages(new, packed))
         return h
 
     def forward(self, h: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -105,9 +126,10 @@ class GatedGNN(nn.Module):
         backward = [(flip - nodes, flip - s, slot, w, v)
                     for nodes, s, slot, w, v in _schedule(n, flip - dst, flip - src, dist, real)]
         backward = [tuple(t.to(device) for t in s) for s in backward]
+        packed = self._packed()
         for _ in range(self.layers):
-            h = self._sweep(h, forward)
-            h = self._sweep(h, backward)
+            h = self._sweep(h, forward, packed)
+            h = self._sweep(h, backward, packed)
         return self.norm(h)
 
 
