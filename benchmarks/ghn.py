@@ -90,15 +90,20 @@ def train_report(dataset: str, encoder: str) -> None:
     publish(f"ghn-train-{dataset}", lines)
 
 
+def _evaluation_setup(dataset: str, splits: list[str], n: int, n_ood: int) -> tuple:
+    """The reference recipe, the training and test splits, and the evaluation settings every GHN table uses."""
+    base = TrainConfig(dataset=dataset, batch_size=SETTINGS[dataset]["batch_size"])
+    cfg = ghn_lib.EvalConfig(splits=splits, n=n, n_ood=n_ood, steps=[1, 10, 100],
+                             converge_epochs=SETTINGS[dataset]["epochs"], bn_batches=10)
+    return base, load_split(base, "train"), load_split(base, "test"), cfg
+
+
 def evaluate(dataset: str, splits: list[str], n: int, n_ood: int, threads: int, source: str) -> dict:
     """The evaluation table of the GHN ``source`` on ``splits`` (rows cached; baselines shared across GHNs)."""
     torch.set_num_threads(threads)
     ghn = ghn_lib.load_ghn(source)
-    batch, epochs = SETTINGS[dataset]["batch_size"], SETTINGS[dataset]["epochs"]
-    base = TrainConfig(dataset=dataset, batch_size=batch)
-    train_ds, test_ds = load_split(base, "train"), load_split(base, "test")
-    cfg = ghn_lib.EvalConfig(splits=splits, n=n, n_ood=n_ood, steps=[1, 10, 100], converge_epochs=epochs,
-                             bn_batches=10)
+    base, train_ds, test_ds, cfg = _evaluation_setup(dataset, splits, n, n_ood)
+    epochs = cfg.converge_epochs
     path = Path(str(source))
     label = path.parent.name if path.name == ghn_lib.GHN_FILE else path.stem
     out = OUT / dataset / f"eval-{label}"
@@ -142,13 +147,9 @@ def evaluate(dataset: str, splits: list[str], n: int, n_ood: int, threads: int, 
 def baselines(dataset: str, splits: list[str], n: int, n_ood: int, threads: int) -> None:
     """The hypernetwork-free columns (random init, SGD-k, converged) of the evaluation table, cached for reuse."""
     torch.set_num_threads(threads)
-    batch, epochs = SETTINGS[dataset]["batch_size"], SETTINGS[dataset]["epochs"]
-    base = TrainConfig(dataset=dataset, batch_size=batch)
-    train_ds, test_ds = load_split(base, "train"), load_split(base, "test")
+    base, train_ds, test_ds, cfg = _evaluation_setup(dataset, splits, n, n_ood)
     shape = ghn_lib.GHNConfig(num_classes=train_ds.num_classes, in_channels=train_ds.in_channels,
                               image_size=train_ds.image_size[0])
-    cfg = ghn_lib.EvalConfig(splits=splits, n=n, n_ood=n_ood, steps=[1, 10, 100], converge_epochs=epochs,
-                             bn_batches=10)
     ghn_lib.compute_baselines(shape, base, train_ds, test_ds, cfg, OUT / dataset / "baselines",
                                        progress=lambda split, row: print(split, row["arch"], row.get("converged")))
 

@@ -21,19 +21,14 @@ _GHN = typer.Option("digits", "--ghn", help="GHN file, `ghn train` run folder, o
 def _data_for(ghn: Any, dataset: str | None, data_root: Path | None) -> tuple[Any, Any, Any]:
     """The TrainConfig (reference recipe), training and test splits of the GHN's dataset (or ``dataset``)."""
     from bitsmith.engine import TrainConfig, load_split
-    from bitsmith.methods.ghn import recipe
+    from bitsmith.methods.ghn import check_data, recipe
 
     name = dataset or ghn.info.get("dataset") or "digits"
     check_names("lenet5", name)
     base = TrainConfig(dataset=name, data_root=str(data_root) if data_root else None,
                        batch_size=recipe(name).batch_size)
     train_ds, test_ds = load_split(base, "train"), load_split(base, "test")
-    shape = (train_ds.in_channels, *train_ds.image_size)
-    if shape != ghn.config.input_shape or train_ds.num_classes != ghn.config.num_classes:
-        raise BitsmithError(
-            f"this GHN was trained for {'x'.join(map(str, ghn.config.input_shape))} images and "
-            f"{ghn.config.num_classes} classes; {name} has {'x'.join(map(str, shape))} images and "
-            f"{train_ds.num_classes} classes")
+    check_data(ghn, name, (train_ds.in_channels, *train_ds.image_size), train_ds.num_classes)
     return base, train_ds, test_ds
 
 

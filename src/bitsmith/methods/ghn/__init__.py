@@ -12,11 +12,12 @@ from bitsmith.methods.ghn.encoding import KINDS, Encoding, encode
 from bitsmith.methods.ghn.evaluate import EVAL_SPLITS, EvalConfig, compute_baselines, evaluate_ghn, steps_worth
 from bitsmith.methods.ghn.io import GHN_FILE, load_ghn, save_ghn, shipped
 from bitsmith.methods.ghn.model import GraphHyperNetwork
-from bitsmith.methods.ghn.predict import check_compatible, predict, predict_many
+from bitsmith.methods.ghn.predict import check_compatible, check_data, predict, predict_many
 from bitsmith.methods.ghn.training import GHNCallback, GHNTask, recipe, train_ghn
 
 __all__ = [
     "ENCODERS", "EVAL_SPLITS", "GHN_FILE", "KINDS", "Encoding", "EvalConfig", "GHNCallback", "GHNConfig", "GHNTask",
-    "GHNTrainConfig", "GraphHyperNetwork", "check_compatible", "compute_baselines", "encode", "evaluate_ghn",
-    "load_ghn", "predict", "predict_many", "recipe", "save_ghn", "shipped", "steps_worth", "train_ghn",
+    "GHNTrainConfig", "GraphHyperNetwork", "check_compatible", "check_data", "compute_baselines", "encode",
+    "evaluate_ghn", "load_ghn", "predict", "predict_many", "recipe", "save_ghn", "shipped", "steps_worth",
+    "train_ghn",
 ]

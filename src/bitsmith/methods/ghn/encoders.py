@@ -120,12 +120,11 @@ class GatedGNN(nn.Module):
         n = h.shape[0]
         src, dst, dist = batch.edges[:, 0], batch.edges[:, 1], batch.distance
         real = dist == 1
-        device = h.device
-        forward = [tuple(t.to(device) for t in s) for s in _schedule(n, src, dst, dist, real)]
         flip = n - 1  # reversing node order turns the backward sweep into a forward one
         backward = [(flip - nodes, flip - s, slot, w, v)
                     for nodes, s, slot, w, v in _schedule(n, flip - dst, flip - src, dist, real)]
-        backward = [tuple(t.to(device) for t in s) for s in backward]
+        forward, backward = ([tuple(t.to(h.device) for t in step) for step in sweep]
+                             for sweep in (_schedule(n, src, dst, dist, real), backward))
         packed = self._packed()
         for _ in range(self.layers):
             h = self._sweep(h, forward, packed)
@@ -151,8 +150,8 @@ class Graphormer(nn.Module):
             }))
         self.norm = nn.LayerNorm(hidden)
 
-    def _bias(self, batch: Batch, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(G, heads, N, N) attention bias and (G, N) padding mask of the padded batch."""
+    def _bias(self, batch: Batch, width: int, device: torch.device) -> torch.Tensor:
+        """(G, heads, N, N) attention bias of the padded batch (-inf towards padding)."""
         graphs = len(batch.sizes)
         code = torch.full((graphs, width, width), 2 * self.cutoff + 1, dtype=torch.long)
         for g, (off, size) in enumerate(zip(batch.offsets, batch.sizes, strict=True)):
@@ -164,8 +163,7 @@ class Graphormer(nn.Module):
             code[g, d, s] = dist + self.cutoff
         pad = torch.arange(width)[None, :] >= torch.tensor(batch.sizes)[:, None]
         bias = self.distance_bias(code.to(device)).permute(0, 3, 1, 2)
-        bias = bias.masked_fill(pad.to(device)[:, None, None, :], float("-inf"))
-        return bias, pad.to(device)
+        return bias.masked_fill(pad.to(device)[:, None, None, :], float("-inf"))
 
     def forward(self, h: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Node states after the transformer blocks (padding removed)."""
@@ -179,7 +177,7 @@ class Graphormer(nn.Module):
         index = torch.cat([torch.arange(size) + g * width for g, size in enumerate(batch.sizes)]).to(device)
         x = h.new_zeros(len(batch.sizes) * width, h.shape[1]).index_copy(0, index, h)
         x = x.view(len(batch.sizes), width, -1)
-        bias, _ = self._bias(batch, width, device)
+        bias = self._bias(batch, width, device)
         graphs, heads = x.shape[0], self.heads
         for block in self.blocks:
             q, k, v = block["qkv"](block["norm1"](x)).chunk(3, dim=-1)

@@ -37,7 +37,6 @@ class ParamSlot:
     name: str
     shape: tuple[int, ...]
     role: str  # "weight" (conv/linear), "classifier" (last linear), "norm_weight", "norm_bias", "bias", "cls_bias"
-    fan_in: int = 1
 
 
 @dataclass
@@ -48,7 +47,6 @@ class Encoding:
     edges: torch.Tensor             # (E, 2) long, (source, target) with source before target, distance <= cutoff
     distance: torch.Tensor          # (E,) long, shortest-path length of each edge (1 = a real edge)
     slots: list[ParamSlot] = field(default_factory=list)
-    names: list[str] = field(default_factory=list)
 
     @property
     def num_nodes(self) -> int:
@@ -150,18 +148,14 @@ def _slots(g: graph_lib.Graph, model: nn.Module, classifier: int | None) -> list
                 role = "cls_bias" if node.index == classifier else "bias"
             else:
                 role = "classifier" if node.index == classifier else "weight"
-            fan_in = int(math.prod(shape[1:])) if len(shape) > 1 else 1
-            slots.append(ParamSlot(node.index, full, shape, role, fan_in))
+            slots.append(ParamSlot(node.index, full, shape, role))
     return slots
 
 
 def classifier_node(g: graph_lib.Graph) -> int | None:
     """Index of the linear layer that produces the model's output (the classifier), or None."""
-    layers = [n for n in g.layers() if n.kind == "linear"]
-    if not layers:
-        return None
-    last = g.layers()[-1]
-    return last.index if last.kind == "linear" else None
+    layers = g.layers()
+    return layers[-1].index if layers and layers[-1].kind == "linear" else None
 
 
 def encode(model: nn.Module, input_shape: Sequence[int], cutoff: int = 50,
@@ -183,5 +177,4 @@ def encode(model: nn.Module, input_shape: Sequence[int], cutoff: int = 50,
         edges=torch.tensor(pairs, dtype=torch.long).reshape(-1, 2),
         distance=torch.tensor(dists, dtype=torch.long),
         slots=_slots(g, model, classifier),
-        names=[n.name for n in g.nodes],
     )

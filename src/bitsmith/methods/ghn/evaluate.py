@@ -94,11 +94,15 @@ def _score(model: nn.Module, train_ds: Any, test_ds: Any, bn_batches: int) -> fl
     return evaluate_model(model, test_ds)["acc"]
 
 
-def _sgd(model: nn.Module, base: TrainConfig, train_ds: Any, *, steps: int | None, epochs: int) -> nn.Module:
-    """``model`` trained in place by the shared Trainer for ``steps`` steps (or ``epochs`` epochs)."""
+def _trained_score(start: nn.Module, base: TrainConfig, train_ds: Any, test_ds: Any, bn_batches: int, *,
+                   steps: int | None = None, epochs: int | None = None) -> float:
+    """Score of a copy of ``start`` trained by the shared Trainer for ``steps`` steps, or ``epochs`` epochs."""
+    if steps is not None:
+        epochs = math.ceil(steps / math.ceil(len(train_ds) / base.batch_size))
     cfg = _config.from_dict(TrainConfig, {**_config.to_dict(base), "epochs": epochs, "max_steps": steps})
+    model = copy.deepcopy(start)
     Trainer(model, cfg, train_ds, {}, quiet=True).fit()
-    return model
+    return _score(model, train_ds, test_ds, bn_batches)
 
 
 def _init(build: Callable[[], nn.Module], seed: int) -> nn.Module:
@@ -109,29 +113,25 @@ def _init(build: Callable[[], nn.Module], seed: int) -> nn.Module:
 def baseline_row(build: Callable[[], nn.Module], base: TrainConfig, train_ds: Any, test_ds: Any,
                  cfg: EvalConfig) -> dict[str, Any]:
     """The hypernetwork-free columns of one architecture: random init, k SGD steps from it, and converged."""
-    steps_per_epoch = math.ceil(len(train_ds) / base.batch_size)
     random_init = _init(build, cfg.seed)
     row: dict[str, Any] = {"params": sum(p.numel() for p in random_init.parameters())}
     row["random"] = _score(copy.deepcopy(random_init), train_ds, test_ds, cfg.bn_batches)
     for k in cfg.steps:
-        row[f"sgd_{k}"] = _score(_sgd(copy.deepcopy(random_init), base, train_ds, steps=k,
-                                      epochs=math.ceil(k / steps_per_epoch)), train_ds, test_ds, cfg.bn_batches)
+        row[f"sgd_{k}"] = _trained_score(random_init, base, train_ds, test_ds, cfg.bn_batches, steps=k)
     if cfg.converge_epochs:
-        row["converged"] = _score(_sgd(copy.deepcopy(random_init), base, train_ds, steps=None,
-                                       epochs=cfg.converge_epochs), train_ds, test_ds, cfg.bn_batches)
+        row["converged"] = _trained_score(random_init, base, train_ds, test_ds, cfg.bn_batches,
+                                          epochs=cfg.converge_epochs)
     return row
 
 
 def ghn_row(build: Callable[[], nn.Module], ghn: GraphHyperNetwork, base: TrainConfig, train_ds: Any, test_ds: Any,
             cfg: EvalConfig) -> dict[str, Any]:
     """The hypernetwork columns of one architecture: predicted (and with batch statistics), fine-tuned k steps."""
-    steps_per_epoch = math.ceil(len(train_ds) / base.batch_size)
     predicted = predict(_init(build, cfg.seed), ghn)
     row: dict[str, Any] = {"pred_batchstat": batchstat_accuracy(predicted, test_ds)}
     row["predicted"] = _score(predicted, train_ds, test_ds, cfg.bn_batches)
     for k in cfg.steps:
-        row[f"finetune_{k}"] = _score(_sgd(copy.deepcopy(predicted), base, train_ds, steps=k,
-                                           epochs=math.ceil(k / steps_per_epoch)), train_ds, test_ds, cfg.bn_batches)
+        row[f"finetune_{k}"] = _trained_score(predicted, base, train_ds, test_ds, cfg.bn_batches, steps=k)
     return row
 
 

@@ -17,18 +17,21 @@ def _shape_text(shape: Sequence[int]) -> str:
     return "x".join(str(v) for v in shape)
 
 
+def check_data(ghn: GraphHyperNetwork, what: str, shape: Sequence[int] | None, classes: int | None) -> None:
+    """Refuse ``what`` (a model or a dataset) whose (C, H, W) input ``shape`` or number of ``classes`` differs from
+    what ``ghn`` was trained for; None skips that check."""
+    cfg = ghn.config
+    if (shape is not None and tuple(shape) != cfg.input_shape) or (classes is not None and classes != cfg.num_classes):
+        has = ", ".join(part for part in (f"{_shape_text(shape)} inputs" if shape is not None else "",
+                                          f"{classes} classes" if classes is not None else "") if part)
+        raise BitsmithError(f"this GHN was trained for {_shape_text(cfg.input_shape)} images and {cfg.num_classes} "
+                            f"classes; {what} has {has} (use a GHN trained on that data)")
+
+
 def check_compatible(model: nn.Module, ghn: GraphHyperNetwork, input_shape: Sequence[int] | None = None) -> None:
     """Refuse a model whose input shape or number of classes differs from what ``ghn`` was trained for."""
-    cfg = ghn.config
-    shape = zoo.input_shape(model, input_shape)
-    if shape is not None and tuple(shape) != cfg.input_shape:
-        raise BitsmithError(
-            f"this GHN predicts parameters for {_shape_text(cfg.input_shape)} images and {cfg.num_classes} classes; "
-            f"the model takes {_shape_text(shape)} inputs (use a GHN trained on that data)")
     outputs = [m.out_features for m in model.modules() if isinstance(m, nn.Linear)]
-    if outputs and outputs[-1] != cfg.num_classes:
-        raise BitsmithError(
-            f"this GHN predicts classifiers for {cfg.num_classes} classes; the model has {outputs[-1]} outputs")
+    check_data(ghn, "the model", zoo.input_shape(model, input_shape), outputs[-1] if outputs else None)
 
 
 def encode_for(model: nn.Module, ghn: GraphHyperNetwork, input_shape: Sequence[int] | None = None,
@@ -65,4 +68,4 @@ def predict(model: nn.Module, ghn: GraphHyperNetwork, input_shape: Sequence[int]
     return predict_many([model], ghn, [encode_for(model, ghn, input_shape)])[0]
 
 
-__all__ = ["check_compatible", "encode_for", "predict", "predict_many"]
+__all__ = ["check_compatible", "check_data", "encode_for", "predict", "predict_many"]
