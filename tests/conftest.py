@@ -59,3 +59,22 @@ def interrupted_and_resumed():
                      callbacks=runs.run_callbacks(run_dir, model, train_ds))
 
     return run
+
+
+def _train_ghn_briefly(out, batch_size: int = 32, **ghn_train: object):
+    from bitsmith.engine import TrainConfig
+    from bitsmith.methods.ghn import GHNTrainConfig, train_ghn
+
+    train = TrainConfig(model="cellnet", dataset="digits", val=True, epochs=4, batch_size=batch_size, lr=3e-3,
+                        optimizer="adamw", scheduler="cosine", grad_clip=5.0, num_threads=1, nonfinite_restores=2)
+    ghn, metrics = train_ghn(train, {"hidden": 32, "decoder_hidden": 64, "rank": 16}, GHNTrainConfig(**ghn_train),
+                             out, quiet=True)
+    return ghn, metrics, out
+
+
+@pytest.fixture(scope="session")
+def train_ghn_briefly():
+    """``f(out, batch_size=32, **GHNTrainConfig fields) -> (ghn, final metrics, out)``: a small GHN (hidden 32)
+    trained 4 epochs on digits through the Trainer (AdamW lr 3e-3, cosine)."""
+    return _train_ghn_briefly
+

@@ -28,7 +28,7 @@ from bitsmith.methods.ghn import (
     steps_worth,
     train_ghn,
 )
-from bitsmith.methods.ghn.encoding import KINDS
+from bitsmith.methods.ghn.encoding import FEATURES, KINDS
 from bitsmith.methods.ghn.training import ArchitectureSource
 from bitsmith.zoo import space
 
@@ -50,7 +50,7 @@ def test_encoding_covers_every_parameter_and_edges_go_forward(name: str) -> None
     assert bool((src < dst).all())
     assert int(enc.distance.min()) == 1 and int(enc.distance.max()) <= 5
     assert int((enc.distance > 1).sum()) > 0  # GHN-2 virtual edges
-    assert enc.features.shape == (enc.num_nodes, 9)
+    assert enc.features.shape == (enc.num_nodes, len(FEATURES))
     assert int(enc.features[:, 0].max()) < len(KINDS)
 
 
@@ -203,15 +203,10 @@ def test_architecture_source_pools_and_draws_fresh() -> None:
 
 
 @pytest.fixture(scope="module")
-def trained_ghn(tmp_path_factory):
+def trained_ghn(tmp_path_factory, train_ghn_briefly):
     """A GHN trained briefly on digits (two training architectures) through the Trainer."""
-    out = tmp_path_factory.mktemp("ghn") / "run"
-    train = TrainConfig(model="cellnet", dataset="digits", val=True, epochs=4, batch_size=32, lr=3e-3,
-                        optimizer="adamw", scheduler="cosine", grad_clip=5.0, num_threads=1, nonfinite_restores=2)
-    ghn, metrics = train_ghn(train, {"hidden": 32, "decoder_hidden": 64, "rank": 16},
-                             GHNTrainConfig(meta_batch=2, pool=2, eval_archs=2, eval_every=2, bn_batches=4), out,
-                             quiet=True)
-    return ghn, metrics, out
+    return train_ghn_briefly(tmp_path_factory.mktemp("ghn") / "run", meta_batch=2, pool=2, eval_archs=2,
+                             eval_every=2, bn_batches=4)
 
 
 def test_training_learns_and_writes_a_loadable_file(trained_ghn) -> None:
@@ -233,7 +228,11 @@ def test_training_learns_and_writes_a_loadable_file(trained_ghn) -> None:
     assert torch.equal(predict(model, back).conv1.weight, predict(model, ghn).conv1.weight)
 
 
-def test_interrupted_ghn_training_resumes_exactly(tmp_path) -> None:
+@pytest.mark.parametrize("ghn_train", [
+    GHNTrainConfig(meta_batch=1, pool=3, eval_archs=1, bn_batches=2),
+    GHNTrainConfig(meta_batch=2, pool=3, eval_archs=1, bn_batches=2, quant="mixed", bits=[4, 2], per_layer=True),
+], ids=["float", "ghnq-per-layer"])
+def test_interrupted_ghn_training_resumes_exactly(tmp_path, ghn_train) -> None:
     from bitsmith.engine import Callback
 
     class Interrupt(Callback):
@@ -243,8 +242,7 @@ def test_interrupted_ghn_training_resumes_exactly(tmp_path) -> None:
 
     train = TrainConfig(model="cellnet", dataset="digits", val=True, epochs=2, batch_size=128,
                         optimizer="adamw", num_threads=1)
-    args = ({"hidden": 16, "decoder_hidden": 32, "rank": 8}, GHNTrainConfig(meta_batch=1, pool=3, eval_archs=1,
-                                                                               bn_batches=2))
+    args = ({"hidden": 16, "decoder_hidden": 32, "rank": 8}, ghn_train)
     whole, _ = train_ghn(train, *args, tmp_path / "whole", quiet=True)
     with pytest.raises(KeyboardInterrupt):
         train_ghn(train, *args, tmp_path / "cut", quiet=True, callbacks=[Interrupt()])

@@ -42,6 +42,13 @@ def train_cmd(
     pool: int = typer.Option(0, help="train on the first N architectures of the space (0: a new one every draw)"),
     eval_archs: int = typer.Option(8, help="validation architectures scored during training"),
     eval_every: int = typer.Option(10, help="score them every N epochs (and after the last)"),
+    quant: str = typer.Option("none", help="GHN-Q: none | wNaM (every target at those widths, e.g. w8a8) | mixed "
+                              "(widths drawn from --bits; makes the GHN bit-conditioned)"),
+    bits: str = typer.Option("32,8,4,2", help="widths --quant mixed draws from (32 = float)"),
+    per_layer: bool = typer.Option(False, "--per-layer", help="with --quant mixed: one draw per layer"),
+    first_last_bits: int = typer.Option(8, help="bit width of the first and last layers (0 = like the rest)"),
+    init_from: str | None = typer.Option(None, help="start from this GHN's weights (file, run folder, shipped name)"),
+    space: str = typer.Option("darts", help="search space of the training architectures: darts | ghnq"),
     epochs: int = typer.Option(120, help="epochs over the training images"),
     lr: float = typer.Option(1e-3, help="AdamW learning rate (cosine schedule)"),
     batch_size: int | None = typer.Option(None, help="image batch size (default: 64 digits, 128 fashion-mnist)"),
@@ -73,16 +80,26 @@ def train_cmd(
         train = recipe(dataset, data_root=str(data_root) if data_root else None, epochs=epochs, lr=lr,
                        grad_clip=grad_clip, seed=seed, num_threads=threads, batch_size=batch_size)
         ghn_fields = {"encoder": encoder, "hidden": hidden, "layers": layers}
-        train_cfg = GHNTrainConfig(meta_batch=meta_batch, pool=pool, eval_archs=eval_archs, eval_every=eval_every)
+        if init_from is not None:
+            from bitsmith.methods.ghn import load_ghn
+
+            ghn_fields = {k: v for k, v in load_ghn(init_from).config.to_dict().items()
+                          if k not in ("num_classes", "in_channels", "image_size", "bit_conditioned")}
+        train_cfg = GHNTrainConfig(meta_batch=meta_batch, pool=pool, eval_archs=eval_archs, eval_every=eval_every,
+                                   quant=quant, bits=parse_ints(bits, "--bits", "32,8,4,2"), per_layer=per_layer,
+                                   first_last_bits=first_last_bits or None, init_from=init_from, space=space)
     check_writable_out(out)
     ghn, metrics = train_ghn(train, ghn_fields, train_cfg, out, resume=resume, quiet=quiet)
     if not distributed.is_main():
         distributed.shutdown()
         return
     distributed.shutdown()
+    scores = ", ".join(f"{label} {percent(metrics.get(f'val_acc{suffix}', 0.0))} (worst "
+                       f"{percent(metrics.get(f'val_acc{suffix}_worst', 0.0))})"
+                       for label in train_cfg.eval_widths()
+                       for suffix in ["" if label == "FP" else f"_{label.lower()}"])
     console.print(f"GHN ({ghn.num_parameters():,} parameters): mean validation accuracy of its predictions on "
-                  f"{train_cfg.eval_archs} held-out architectures {percent(metrics.get('val_acc', 0.0))} (worst "
-                  f"{percent(metrics.get('val_acc_worst', 0.0))})  file: {out / 'ghn.safetensors'}")
+                  f"{train_cfg.eval_archs} held-out architectures: {scores}  file: {out / 'ghn.safetensors'}")
 
 
 def eval_cmd(
@@ -134,20 +151,46 @@ def predict_cmd(
     ghn_source: str = _GHN,
     model: str = typer.Option("resnet20", help="zoo model, or `cellnet` with --arch"),
     arch: str | None = typer.Option(None, help="for cellnet: a search-space split and index, e.g. test:3"),
+    wbits: int = typer.Option(32, help="weight bit width of the predicted model (2..8, 16; 32 = float)"),
+    abits: int = typer.Option(32, help="activation bit width (2..8, 16; 32 = float)"),
+    first_last_bits: int = typer.Option(8, help="bit width of the first and last layers when quantized (0 = like "
+                                        "the rest)"),
+    calib_batches: int = typer.Option(8, help="training batches that calibrate the quantizer ranges (MSE)"),
     bn_batches: int = typer.Option(10, help="training batches that recalibrate BN statistics"),
+    finetune_epochs: int = typer.Option(0, help="then fine-tune (QAT when quantized) for N epochs"),
+    lr: float = typer.Option(1e-4, help="fine-tuning learning rate (Adam, cosine)"),
     dataset: str | None = typer.Option(None, help="dataset (default: the GHN's)"),
     data_root: Path | None = typer.Option(None, help="folder holding the dataset's files"),
+    threads: int | None = typer.Option(None, help="torch CPU threads"),
     out: Path = typer.Option(..., help="run directory to write"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar while fine-tuning"),
 ) -> None:
-    """Predict every parameter of a model with a GHN, recalibrate BN on training batches, evaluate, and write a run
-    directory (usable by `bitsmith cost --run`, `quantize --from`, ...)."""
+    """Predict every parameter of a model with a GHN (quantized at --wbits/--abits with calibrated ranges; a
+    bit-conditioned GHN is told the widths), recalibrate BN on training batches, evaluate, and write a run
+    directory (usable by `bitsmith cost --run`, `export`, `quantize --from`, ...); optionally fine-tune it."""
+    import dataclasses
     import time
 
+    import torch
+
     from bitsmith import _config, zoo
-    from bitsmith.engine import evaluate_model, recalibrate_bn, save_run
-    from bitsmith.methods.ghn import load_ghn, predict
+    from bitsmith.engine import evaluate_model, save_run, train
+    from bitsmith.methods.ghn import Widths, load_ghn, predict_quantized
+    from bitsmith.methods.ghn.quantized import target_qconfig
+    from bitsmith.quant import check_bits
     from bitsmith.zoo import space
 
+    check_bits(wbits, "weight")
+    check_bits(abits, "activation")
+    if first_last_bits:
+        check_bits(first_last_bits, "first/last layer")
+    for name, value in (("--calib-batches", calib_batches), ("--bn-batches", bn_batches)):
+        if value < 1:
+            raise BitsmithError(f"{name} must be a positive integer, got {value}")
+    if finetune_epochs < 0:
+        raise BitsmithError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
+    if threads:
+        torch.set_num_threads(threads)
     ghn = load_ghn(ghn_source)
     base, train_ds, test_ds = _data_for(ghn, dataset, data_root)
     kwargs: dict[str, Any] = {}
@@ -163,18 +206,35 @@ def predict_cmd(
     check_writable_out(out)
     net = zoo.create_model(model, num_classes=train_ds.num_classes, in_channels=train_ds.in_channels,
                            image_size=tuple(train_ds.image_size), **kwargs)
+    widths = Widths(wbits, abits)
     t0 = time.perf_counter()
-    predict(net, ghn)
-    predict_ms = 1000 * (time.perf_counter() - t0)
-    recalibrate_bn(net, train_ds, bn_batches)
+    net = predict_quantized(net, ghn, widths, train_ds, first_last_bits=first_last_bits or None,
+                            calib_batches=calib_batches, bn_batches=bn_batches, batch_size=base.batch_size)
+    prepare_s = time.perf_counter() - t0
+    qcfg = target_qconfig(widths, first_last_bits or None)
     scores = evaluate_model(net, test_ds)
-    train = _config.to_dict(_config.from_dict(type(base), {**_config.to_dict(base), "model": model,
-                                                            "model_kwargs": kwargs}))
+    cfg = _config.from_dict(type(base), {**_config.to_dict(base), "model": model, "model_kwargs": kwargs,
+                                         "epochs": max(finetune_epochs, 1), "lr": lr, "scheduler": "cosine",
+                                         "num_threads": threads})
+    run_config: dict[str, Any] = {
+        "command": "predict", "train": _config.to_dict(cfg), "ghn": str(ghn_source), "widths": widths.label,
+        "bn_batches": bn_batches, "calib_batches": calib_batches, "predicted_test_acc": scores["acc"],
+        "prepare_s": prepare_s,
+        "model_transforms": [] if qcfg is None else [{"name": "quantize", "config": qcfg.to_dict()}],
+    }
+    label = "float" if qcfg is None else widths.label
+    if finetune_epochs:
+        tuned = train(dataclasses.replace(cfg, epochs=finetune_epochs), out, model=net, run_config=run_config,
+                      quiet=quiet).metrics
+        console.print(f"{model} {label} with predicted parameters: test accuracy {percent(scores['acc'])}; after "
+                      f"{finetune_epochs} epoch(s) of {'QAT ' if qcfg else ''}fine-tuning "
+                      f"{percent(tuned['test_acc'])}  run directory: {out}")
+        return
     history = [{"type": "eval", "epoch": 0, "split": "test", **scores}]
-    save_run(out, net, {"command": "predict", "train": train, "ghn": str(ghn_source), "bn_batches": bn_batches,
-                        "predict_ms": predict_ms}, history)
-    console.print(f"{model} with predicted parameters: test accuracy {percent(scores['acc'])} (BN recalibrated on "
-                  f"{bn_batches} training batches; prediction {predict_ms:.0f} ms)  run directory: {out}")
+    save_run(out, net, run_config, history)
+    calibrated = "" if qcfg is None else f"ranges calibrated on {calib_batches} training batches, "
+    console.print(f"{model} {label} with predicted parameters: test accuracy {percent(scores['acc'])} ({calibrated}BN "
+                  f"recalibrated on {bn_batches} training batches; {prepare_s:.1f} s)  run directory: {out}")
 
 
 def register(app: typer.Typer) -> None:

@@ -11,6 +11,7 @@ from bitsmith.engine.trainer import (
     METRICS_FILE,
     NonFiniteLossError,
     Trainer,
+    dataset_tensors,
     evaluate_model,
     final_metrics,
     is_run_dir,
@@ -23,7 +24,7 @@ evaluate = evaluate_model
 __all__ = [
     "CHECKPOINT_FILE", "CONFIG_FILE", "METRICS_FILE", "Callback", "NonFiniteLossError", "TrainConfig", "TrainResult",
     "Trainer",
-    "build_datasets", "build_model", "evaluate", "evaluate_model", "final_metrics", "is_run_dir", "load_checkpoint",
-    "load_split",
+    "build_datasets", "build_model", "dataset_tensors", "evaluate", "evaluate_model", "final_metrics", "is_run_dir",
+    "load_checkpoint", "load_split",
     "recalibrate_bn", "require_run_dir", "save_checkpoint", "save_run", "stacked", "train",
 ]

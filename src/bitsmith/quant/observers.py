@@ -14,6 +14,8 @@ from bitsmith.quant.ste import MIN_SCALE, Bound, quant_dequant
 OBSERVERS = ("minmax", "percentile", "mse")
 #: Most values one batched op of the MSE search handles (candidates x rows x values).
 MSE_CHUNK = 1 << 21
+#: Clipping ratios the MSE search tries (r = 1, (grid-1)/grid, ..., 1/grid of the observed range).
+MSE_GRID = 100
 
 
 def rows(x: torch.Tensor, per_channel: bool) -> torch.Tensor:
@@ -63,7 +65,7 @@ def range_to_qparams(lo: torch.Tensor, hi: torch.Tensor, qmin: Bound, qmax: Boun
     return scale, torch.clamp(qmin - torch.round(lo / scale), qmin, qmax)
 
 
-def mse_range(x2d: torch.Tensor, qmin: Bound, qmax: Bound, symmetric: bool, grid: int = 100,
+def mse_range(x2d: torch.Tensor, qmin: Bound, qmax: Bound, symmetric: bool, grid: int = MSE_GRID,
               lo: torch.Tensor | None = None, hi: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row clipping range ``r * [lo, hi]`` (r on a grid in (0, 1]) that minimises the quantization MSE.
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from bitsmith.errors import ConfigError
-from bitsmith.quant.observers import estimate_range, minmax_range, range_to_qparams, rows
+from bitsmith.quant.observers import MSE_GRID, minmax_range, mse_range, range_to_qparams, rows
 from bitsmith.quant.ste import MIN_SCALE, Bound, _broadcast, fake_quant, round_ste
 
 FULL_PRECISION = 32
@@ -94,6 +94,11 @@ class Quantizer(nn.Module, abc.ABC):
     negative value); it is stored in the state dict with the scale. A float checkpoint (without quantizer
     entries) loads cleanly: the quantizer then re-initialises from the next batch it sees.
     """
+
+    #: Data-driven initialisation: at most ``init_sample`` values per row, ``init_grid`` clipping ratios (MSE).
+    #: Plain attributes, not state: a caller that re-initialises every step (GHN-Q training) may coarsen them.
+    init_sample: int = INIT_SAMPLE
+    init_grid: int = MSE_GRID
 
     def __init__(self, bits: int | Sequence[int] = 8, *, signed: bool | None = True, symmetric: bool = True,
                  channels: int | None = None, init: str = "mse", role: str = "activation", name: str = "") -> None:
@@ -249,9 +254,9 @@ class Quantizer(nn.Module, abc.ABC):
             return
         lo, hi = minmax_range(x2d)
         if self.init == "mse":
-            stride = max(1, math.ceil(x2d.shape[1] / INIT_SAMPLE))
+            stride = max(1, math.ceil(x2d.shape[1] / self.init_sample))
             qmin, qmax = self._bounds()
-            lo, hi = estimate_range(x2d[:, ::stride], "mse", qmin, qmax, self.symmetric, lo=lo, hi=hi)
+            lo, hi = mse_range(x2d[:, ::stride], qmin, qmax, self.symmetric, grid=self.init_grid, lo=lo, hi=hi)
         self.set_range(lo, hi)
 
     # ----------------------------------------------------------------- forward and integer codes

@@ -42,11 +42,19 @@ OPS: tuple[str, ...] = (
     "conv1x1", "conv3x3", "conv5x5", "sep3x3", "sep5x5", "dil3x3", "maxpool3x3", "avgpool3x3", "skip", "none",
 )
 SPLITS: tuple[str, ...] = ("val", "test", "wide", "deep")
+#: Named spaces (sampler settings on top of the defaults). "darts": the full space. "ghnq": the reduced CNN space of
+#: the GHN-Q setting as we define it: plain, separable and dilated convs, pools and skips with no dropped
+#: ("none") edges, 2..6 cells.
+SPACES: dict[str, dict[str, Any]] = {
+    "darts": {},
+    "ghnq": {"cells": (2, 6), "ops": tuple(op for op in OPS if op != "none")},
+}
+DEFAULT_SPACE = "darts"
 _ORDERS: tuple[str, ...] = ("post", "pre")
 
 __all__ = [
-    "OPS", "SPACE_VERSION", "SPLITS", "ArchSpec", "CellSpec", "build_network", "predefined", "sample_architecture",
-    "split", "train_architecture",
+    "DEFAULT_SPACE", "OPS", "SPACES", "SPACE_VERSION", "SPLITS", "ArchSpec", "CellSpec", "build_network",
+    "check_space", "predefined", "sample_architecture", "split", "train_architecture",
 ]
 
 _SPLIT_RANGES: dict[str, dict[str, tuple[int, int]]] = {
@@ -248,17 +256,31 @@ def sample_architecture(
     return ArchSpec(stem, tuple(cell_specs), order)
 
 
+def check_space(name: str) -> str:
+    """``name`` if it is a named space, else a ConfigError listing them."""
+    if name not in SPACES:
+        raise ConfigError(f"unknown search space {name!r}; accepted: {', '.join(SPACES)}")
+    return name
+
+
+def _stream(space: str, *parts: object) -> int:
+    """Seed of a sampling stream; the default space keeps the version-1 streams (and so its pinned splits)."""
+    return _stable_int("bitsmith-space", SPACE_VERSION, *parts) if space == DEFAULT_SPACE else _stable_int(
+        "bitsmith-space", SPACE_VERSION, space, *parts)
+
+
 def _bucket(spec: ArchSpec) -> int:
     return int(spec.key()[:8], 16) % _BUCKETS
 
 
 @functools.lru_cache(maxsize=32)
-def _split(name: str, n: int) -> tuple[ArchSpec, ...]:
+def _split(name: str, n: int, space: str) -> tuple[ArchSpec, ...]:
     bucket = _HELD_OUT_BUCKET.get(name)
     found: dict[str, ArchSpec] = {}
+    settings = {**SPACES[space], **_SPLIT_RANGES[name]}
     i = 0
     while len(found) < n:
-        spec = sample_architecture(_stable_int("bitsmith-space", SPACE_VERSION, name, i), **_SPLIT_RANGES[name])
+        spec = sample_architecture(_stream(space, name, i), **settings)
         i += 1
         key = spec.key()
         if key not in found and (bucket is None or _bucket(spec) == bucket):
@@ -266,23 +288,24 @@ def _split(name: str, n: int) -> tuple[ArchSpec, ...]:
     return tuple(found.values())
 
 
-def split(name: str, n: int = 100) -> list[ArchSpec]:
-    """The first ``n`` architectures of a fixed held-out split: val/test in distribution, wide (widths 64..128),
-    deep (10..14 cells); distinct, and the same on every machine for a given SPACE_VERSION."""
+def split(name: str, n: int = 100, space: str = DEFAULT_SPACE) -> list[ArchSpec]:
+    """The first ``n`` architectures of a fixed held-out split of a named space: val/test in distribution, wide
+    (widths 64..128), deep (10..14 cells); distinct, and the same on every machine for a given SPACE_VERSION."""
     if name not in SPLITS:
         raise ConfigError(f"unknown split {name!r}; accepted: {', '.join(SPLITS)}")
     if not _is_int(n) or n <= 0:
         raise ConfigError(f"split size n must be a positive integer, got {n!r}")
-    return list(_split(name, n))
+    return list(_split(name, n, check_space(space)))
 
 
-def train_architecture(index: int) -> ArchSpec:
-    """The ``index``-th training architecture (default ranges), never one that val or test can hold."""
+def train_architecture(index: int, space: str = DEFAULT_SPACE) -> ArchSpec:
+    """The ``index``-th training architecture of a named space, never one that val or test can hold."""
     if not _is_int(index) or index < 0:
         raise ConfigError(f"training index must be a non-negative integer, got {index!r}")
+    settings = SPACES[check_space(space)]
     attempt = 0
     while True:
-        spec = sample_architecture(_stable_int("bitsmith-space", SPACE_VERSION, "train", index, attempt))
+        spec = sample_architecture(_stream(space, "train", index, attempt), **settings)
         if _bucket(spec) not in _HELD_OUT_BUCKET.values():
             return spec
         attempt += 1

@@ -24,9 +24,13 @@ KINDS = (
 )
 PREDICTED_KINDS = frozenset({"conv", "dwconv", "linear", "bn", "norm"})
 # Categorical node features: name -> number of categories (index 0 means "not applicable").
+#: Bit-width features of a conv/linear node (its weight and its input activation): 0 = not given (a float-trained
+#: hypernetwork never sees widths), then one category per width the quantization core accepts.
+BIT_WIDTHS = (32, 16, 8, 7, 6, 5, 4, 3, 2)
+BITS_CODES: dict[int | None, int] = {None: 0, **{b: i + 1 for i, b in enumerate(BIT_WIDTHS)}}
 FEATURES = {"kind": len(KINDS), "kernel": 5, "stride": 3, "conv_type": 4, "c_in": 10, "c_out": 10, "size": 8,
-            "role": 3, "bits": 6}
-BITS_CODES = {None: 0, 32: 1, 8: 2, 4: 3, 2: 4}
+            "role": 3, "bits": len(BITS_CODES), "act_bits": len(BITS_CODES)}
+_BIT_COLUMNS = (list(FEATURES).index("bits"), list(FEATURES).index("act_bits"))
 
 
 @dataclass
@@ -47,11 +51,23 @@ class Encoding:
     edges: torch.Tensor             # (E, 2) long, (source, target) with source before target, distance <= cutoff
     distance: torch.Tensor          # (E,) long, shortest-path length of each edge (1 = a real edge)
     slots: list[ParamSlot] = field(default_factory=list)
+    layers: dict[str, list[int]] = field(default_factory=dict)  # conv/linear module name -> its node(s)
 
     @property
     def num_nodes(self) -> int:
         """Number of nodes."""
         return int(self.features.shape[0])
+
+    def with_bits(self, weight_bits: int | dict[str, int] | None,
+                  act_bits: int | dict[str, int] | None = None) -> Encoding:
+        """A copy whose conv/linear nodes carry these widths (one for every layer, or per layer name; a layer
+        not named, or None, means "not given"); edges and slots are shared, not copied."""
+        features = self.features.clone()
+        for column, widths in zip(_BIT_COLUMNS, (weight_bits, act_bits), strict=True):
+            for name, nodes in self.layers.items():
+                width = widths.get(name) if isinstance(widths, dict) else widths
+                features[nodes, column] = _bits_code(width)
+        return Encoding(features, self.edges, self.distance, self.slots, self.layers)
 
 
 def _bucket_log2(value: int, top: int) -> int:
@@ -69,7 +85,14 @@ def _first(value: object, default: int) -> int:
     return default
 
 
-def _node_features(node: graph_lib.Node, classifier: bool, bits: int | None) -> list[int]:
+def _bits_code(bits: int | None) -> int:
+    if bits not in BITS_CODES:
+        raise UnsupportedLayerError(f"the hypernetwork reads bit widths {', '.join(map(str, BIT_WIDTHS))} (or none), "
+                                    f"got {bits!r}")
+    return BITS_CODES[bits]
+
+
+def _node_features(node: graph_lib.Node, classifier: bool) -> list[int]:
     attrs = node.attrs
     kernel = _first(attrs.get("kernel_size"), 0)
     stride = _first(attrs.get("stride"), 1)
@@ -90,7 +113,8 @@ def _node_features(node: graph_lib.Node, classifier: bool, bits: int | None) -> 
         _bucket_log2(c_out, FEATURES["c_out"] - 1),
         _bucket_log2(size, FEATURES["size"] - 1),
         role,
-        BITS_CODES.get(bits, 5),
+        0,
+        0,
     ]
 
 
@@ -158,18 +182,20 @@ def classifier_node(g: graph_lib.Graph) -> int | None:
     return layers[-1].index if layers and layers[-1].kind == "linear" else None
 
 
-def encode(model: nn.Module, input_shape: Sequence[int], cutoff: int = 50,
-           bits: dict[str, int] | None = None) -> Encoding:
-    """Trace ``model`` for inputs of ``input_shape`` ((C, H, W)) and encode it for the hypernetwork.
+def encode(model: nn.Module, input_shape: Sequence[int], cutoff: int = 50) -> Encoding:
+    """Trace ``model`` for inputs of ``input_shape`` ((C, H, W)) and encode it for the hypernetwork (bit widths
+    not given; :meth:`Encoding.with_bits` sets them for a bit-conditioned hypernetwork).
 
-    ``cutoff`` bounds the shortest-path length of GHN-2's virtual edges; ``bits`` optionally maps layer names to
-    weight bit widths (a node feature that bit-conditioned hypernetworks read).
+    ``cutoff`` bounds the shortest-path length of GHN-2's virtual edges.
     """
     g = graph_lib.trace(model, input_shape)
     _check_supported(g, model)
     classifier = classifier_node(g)
-    bits = bits or {}
-    features = [_node_features(n, n.index == classifier, bits.get(n.module_name or "")) for n in g.nodes]
+    features = [_node_features(n, n.index == classifier) for n in g.nodes]
+    layers: dict[str, list[int]] = {}
+    for node in g.layers():
+        if node.module_name is not None:
+            layers.setdefault(node.module_name, []).append(node.index)
     succ = g.adjacency()
     pairs, dists = _distances(len(g.nodes), succ, max(1, cutoff))
     return Encoding(
@@ -177,4 +203,5 @@ def encode(model: nn.Module, input_shape: Sequence[int], cutoff: int = 50,
         edges=torch.tensor(pairs, dtype=torch.long).reshape(-1, 2),
         distance=torch.tensor(dists, dtype=torch.long),
         slots=_slots(g, model, classifier),
+        layers=layers,
     )

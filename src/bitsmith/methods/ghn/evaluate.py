@@ -26,6 +26,7 @@ from bitsmith.errors import ConfigError
 from bitsmith.methods.ghn.config import GHNConfig
 from bitsmith.methods.ghn.model import GraphHyperNetwork
 from bitsmith.methods.ghn.predict import predict
+from bitsmith.methods.ghn.quantized import calibrate_target, parse_widths, predict_quantized, quantize_target
 from bitsmith.zoo import space
 
 EVAL_SPLITS = (*space.SPLITS, "predefined")
@@ -94,15 +95,22 @@ def _score(model: nn.Module, train_ds: Any, test_ds: Any, bn_batches: int) -> fl
     return evaluate_model(model, test_ds)["acc"]
 
 
-def _trained_score(start: nn.Module, base: TrainConfig, train_ds: Any, test_ds: Any, bn_batches: int, *,
-                   steps: int | None = None, epochs: int | None = None) -> float:
-    """Score of a copy of ``start`` trained by the shared Trainer for ``steps`` steps, or ``epochs`` epochs."""
+def train_copy(start: nn.Module, base: TrainConfig, train_ds: Any, *, steps: int | None = None,
+               epochs: int | None = None) -> nn.Module:
+    """A copy of ``start`` trained by the shared Trainer (recipe ``base``) for ``steps`` steps, or ``epochs``
+    epochs; a quantized model trains as QAT (weights and learned scales)."""
     if steps is not None:
         epochs = math.ceil(steps / math.ceil(len(train_ds) / base.batch_size))
     cfg = _config.from_dict(TrainConfig, {**_config.to_dict(base), "epochs": epochs, "max_steps": steps})
     model = copy.deepcopy(start)
     Trainer(model, cfg, train_ds, {}, quiet=True).fit()
-    return _score(model, train_ds, test_ds, bn_batches)
+    return model
+
+
+def _trained_score(start: nn.Module, base: TrainConfig, train_ds: Any, test_ds: Any, bn_batches: int, *,
+                   steps: int | None = None, epochs: int | None = None) -> float:
+    """Score of a copy of ``start`` trained for ``steps`` steps, or ``epochs`` epochs."""
+    return _score(train_copy(start, base, train_ds, steps=steps, epochs=epochs), train_ds, test_ds, bn_batches)
 
 
 def _init(build: Callable[[], nn.Module], seed: int) -> nn.Module:
@@ -135,8 +143,9 @@ def ghn_row(build: Callable[[], nn.Module], ghn: GraphHyperNetwork, base: TrainC
     return row
 
 
-def _cached(path: Path | None, settings: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """A row read from ``path`` if it was computed with the same ``settings``, else computed (and written)."""
+def cached_row(path: Path | None, settings: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A row read from ``path`` if it was computed with the same ``settings``, else computed (and written
+    atomically), so an interrupted evaluation continues where it stopped."""
     if path is not None and path.is_file():
         row = _io.read_json(path, "cached evaluation row", ConfigError)
         if isinstance(row, dict) and row.pop("settings", None) == settings:
@@ -162,7 +171,7 @@ def compute_baselines(data_config: GHNConfig, base: TrainConfig, train_ds: Any, 
     settings = _settings(base, cfg)
     for split in cfg.splits:
         for name, build in architectures(split, cfg.size(split), data_config):
-            row = _cached(Path(baselines) / f"{name}.json", settings,
+            row = cached_row(Path(baselines) / f"{name}.json", settings,
                           lambda build=build: baseline_row(build, base, train_ds, test_ds, cfg))
             if progress is not None:
                 progress(split, {"arch": name, **row})
@@ -176,10 +185,43 @@ def evaluate_architecture(name: str, build: Callable[[], nn.Module], ghn: GraphH
     base_path = baselines / f"{name}.json" if baselines is not None else None
     ghn_path = out / "rows" / f"{name}.json" if out is not None else None
     settings = _settings(base, cfg)
-    row = {"arch": name, **_cached(base_path, settings, lambda: baseline_row(build, base, train_ds, test_ds, cfg)),
-           **_cached(ghn_path, settings, lambda: ghn_row(build, ghn, base, train_ds, test_ds, cfg))}
+    row = {"arch": name, **cached_row(base_path, settings, lambda: baseline_row(build, base, train_ds, test_ds, cfg)),
+           **cached_row(ghn_path, settings, lambda: ghn_row(build, ghn, base, train_ds, test_ds, cfg))}
     if "converged" in row:
         row["ratio"] = row["predicted"] / max(row["converged"], 1e-12)
+    return row
+
+
+def quantized_row(build: Callable[[], nn.Module], ghns: dict[str, GraphHyperNetwork], widths: Sequence[str],
+                  base: TrainConfig, train_ds: Any, test_ds: Any, *, sgd_steps: int = 100,
+                  qat_steps: int = 0, qat_widths: Sequence[str] = (), calib_batches: int = 8, bn_batches: int = 10,
+                  first_last_bits: int | None = 8, seed: int = 0) -> dict[str, Any]:
+    """GHN-Q columns of one architecture: ``"{source}:{width}"`` accuracies for each hypernetwork of ``ghns``
+    (:func:`predict_quantized`), the random init and the ``sgd_steps``-step SGD twin (both quantized and
+    calibrated the same way), and ``"{source}:{width}:qat"`` after ``qat_steps`` QAT steps at ``qat_widths``."""
+    random_init = _init(build, seed)
+    shape = (train_ds.in_channels, *train_ds.image_size)
+    prepared: dict[str, nn.Module] = {}
+    trained = train_copy(random_init, base, train_ds, steps=sgd_steps) if sgd_steps else None
+    for label in widths:
+        width = parse_widths(label)
+        for name, ghn in ghns.items():
+            prepared[f"{name}:{label}"] = predict_quantized(
+                _init(build, seed), ghn, width, train_ds, calib_batches=calib_batches, bn_batches=bn_batches,
+                first_last_bits=first_last_bits, batch_size=base.batch_size, seed=seed)
+        for name, start in (("random", random_init), (f"sgd_{sgd_steps}", trained)):
+            if start is None:
+                continue
+            target = quantize_target(copy.deepcopy(start), width, shape, first_last_bits)
+            prepared[f"{name}:{label}"] = calibrate_target(target, train_ds, calib_batches=calib_batches,
+                                                           bn_batches=bn_batches, batch_size=base.batch_size,
+                                                           seed=seed)
+    row: dict[str, Any] = {key: evaluate_model(model, test_ds)["acc"] for key, model in prepared.items()}
+    if qat_steps:
+        for key, model in list(prepared.items()):
+            if key.split(":")[1] in qat_widths:
+                tuned = train_copy(model, base, train_ds, steps=qat_steps)  # keeps its learned ranges
+                row[f"{key}:qat"] = _score(tuned, train_ds, test_ds, bn_batches)
     return row
 
 
@@ -239,5 +281,5 @@ def evaluate_ghn(ghn: GraphHyperNetwork, base: TrainConfig, train_ds: Any, test_
     return result
 
 
-__all__ = ["EVAL_SPLITS", "EvalConfig", "architectures", "batchstat_accuracy", "compute_baselines",
-           "evaluate_architecture", "evaluate_ghn", "steps_worth", "summarize"]
+__all__ = ["EVAL_SPLITS", "EvalConfig", "architectures", "batchstat_accuracy", "cached_row", "compute_baselines",
+           "evaluate_architecture", "evaluate_ghn", "quantized_row", "steps_worth", "summarize", "train_copy"]

@@ -34,11 +34,13 @@ def check_compatible(model: nn.Module, ghn: GraphHyperNetwork, input_shape: Sequ
     check_data(ghn, "the model", zoo.input_shape(model, input_shape), outputs[-1] if outputs else None)
 
 
-def encode_for(model: nn.Module, ghn: GraphHyperNetwork, input_shape: Sequence[int] | None = None,
-               bits: dict[str, int] | None = None) -> Encoding:
-    """The model's encoding for ``ghn`` after checking that the GHN serves its input shape and classes."""
+def encode_for(model: nn.Module, ghn: GraphHyperNetwork, input_shape: Sequence[int] | None = None) -> Encoding:
+    """The model's encoding for ``ghn`` after checking that the GHN serves its input shape and classes; a
+    bit-conditioned GHN gets 32-bit (float) widths, which :func:`~bitsmith.methods.ghn.predict_quantized` replaces
+    by the quantized model's."""
     check_compatible(model, ghn, input_shape)
-    return encode(model, ghn.config.input_shape, cutoff=ghn.config.cutoff, bits=bits)
+    encoding = encode(model, ghn.config.input_shape, cutoff=ghn.config.cutoff)
+    return encoding.with_bits(32, 32) if ghn.config.bit_conditioned else encoding
 
 
 @torch.no_grad()

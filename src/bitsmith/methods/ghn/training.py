@@ -21,11 +21,13 @@ from torch.func import functional_call
 from bitsmith import _config
 from bitsmith.engine import Callback, TrainConfig, Trainer, build_datasets, evaluate_model, recalibrate_bn
 from bitsmith.engine import distributed as dist
-from bitsmith.methods.ghn.config import GHNConfig, GHNTrainConfig
+from bitsmith.errors import ConfigError
+from bitsmith.methods.ghn.config import GHNConfig, GHNTrainConfig, parse_quant
 from bitsmith.methods.ghn.encoding import Encoding, encode
-from bitsmith.methods.ghn.io import GHN_FILE, save_ghn
+from bitsmith.methods.ghn.io import GHN_FILE, load_ghn, save_ghn
 from bitsmith.methods.ghn.model import GraphHyperNetwork
 from bitsmith.methods.ghn.predict import predict_many
+from bitsmith.methods.ghn.quantized import conditioned, predict_quantized, sample_widths, training_target
 from bitsmith.zoo import space
 
 DRAW_RANGE = 2**31 - 1
@@ -49,11 +51,11 @@ def build_architecture(spec: space.ArchSpec, config: GHNConfig) -> Architecture:
 
 
 class ArchitectureSource:
-    """Training architectures: with ``pool`` 0 a fresh architecture of the space for every draw, else the first
-    ``pool`` training architectures (each built once, on first use)."""
+    """Training architectures of a named space: with ``pool`` 0 a fresh architecture for every draw, else the
+    first ``pool`` training architectures (each built once, on first use)."""
 
-    def __init__(self, config: GHNConfig, pool: int) -> None:
-        self.config, self.pool = config, pool
+    def __init__(self, config: GHNConfig, pool: int, space_name: str = space.DEFAULT_SPACE) -> None:
+        self.config, self.pool, self.space = config, pool, space_name
         self._cache: dict[int, Architecture] = {}
 
     @property
@@ -64,23 +66,26 @@ class ArchitectureSource:
     def get(self, draw: int) -> Architecture:
         """The architecture of draw ``draw`` (cached when pooled)."""
         if not self.pool:
-            return build_architecture(space.train_architecture(draw), self.config)
+            return build_architecture(space.train_architecture(draw, self.space), self.config)
         if draw not in self._cache:
-            self._cache[draw] = build_architecture(space.train_architecture(draw), self.config)
+            self._cache[draw] = build_architecture(space.train_architecture(draw, self.space), self.config)
         return self._cache[draw]
 
 
 class GHNTask(nn.Module):
-    """Training: (meta_batch, B, classes) logits of freshly drawn architectures with predicted parameters.
-    Evaluation: the same for the fixed evaluation architectures, as last filled by :class:`GHNCallback`."""
+    """Training: (meta_batch, B, classes) logits of freshly drawn architectures with predicted parameters, each
+    quantized at drawn widths under GHN-Q training (``train_cfg.quant``). Evaluation: the same for the fixed
+    evaluation architectures, as last filled by :class:`GHNCallback`."""
 
     def __init__(self, ghn: GraphHyperNetwork, source: ArchitectureSource, meta_batch: int,
-                 eval_archs: list[Architecture]) -> None:
+                 eval_archs: list[Architecture], train_cfg: GHNTrainConfig | None = None) -> None:
         super().__init__()
         self.ghn = ghn
         self.meta_batch = meta_batch
         self._source = source
         self.eval_archs = eval_archs  # a plain list: their parameters are predicted, never trained
+        self.train_cfg = train_cfg or GHNTrainConfig()
+        self._quant = parse_quant(self.train_cfg.quant)
 
     def draw(self) -> list[Architecture]:
         """This rank's architectures for the step (global torch RNG: reproducible and resumable)."""
@@ -89,23 +94,38 @@ class GHNTask(nn.Module):
         mine = draws[rank * self.meta_batch:(rank + 1) * self.meta_batch]
         return [self._source.get(int(d)) for d in mine]
 
+    def targets(self, archs: Sequence[Architecture]) -> tuple[list[nn.Module], list[Encoding]]:
+        """The networks a step runs (quantized at drawn widths under GHN-Q training) and their encodings."""
+        if self._quant is None:
+            return [a.model for a in archs], [a.encoding for a in archs]
+        cfg, shape = self.train_cfg, self.ghn.config.input_shape
+        models, encodings = [], []
+        for arch in archs:
+            widths = sample_widths(self._quant, cfg.bits, cfg.per_layer, list(arch.encoding.layers))
+            target = training_target(arch.model, widths, shape, cfg.first_last_bits)
+            models.append(target)
+            encodings.append(conditioned(arch.encoding, self.ghn, target))
+        return models, encodings
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Stacked logits of every architecture of the meta-batch (training) or of the evaluation set."""
         if not self.training:
             return torch.stack([arch.model(x) for arch in self.eval_archs])
-        archs = self.draw()
-        params = self.ghn([a.encoding for a in archs])
+        models, encodings = self.targets(self.draw())
+        params = self.ghn(encodings)
         outs = []
-        for arch, predicted in zip(archs, params, strict=True):
-            arch.model.to(x.device).train()
-            outs.append(functional_call(arch.model, predicted, (x,)))
+        for model, predicted in zip(models, params, strict=True):
+            model.to(x.device).train()
+            outs.append(functional_call(model, predicted, (x,)))
         return torch.stack(outs)
 
 
 class GHNCallback(Callback):
     """Every ``eval_every`` epochs (and after the last): fills the evaluation architectures with predicted
     parameters, recalibrates their BN statistics on training batches, logs the mean and worst accuracy on each
-    evaluation split (``val_acc``, ``val_acc_worst``) and writes ``ghn.safetensors`` (with ``info``) into the run."""
+    evaluation split (``val_acc``, ``val_acc_worst``; GHN-Q training adds each trained width, e.g.
+    ``val_acc_w4a4``, quantized and calibrated as :func:`predict_quantized` does) and writes ``ghn.safetensors``
+    (with ``info``) into the run."""
 
     def __init__(self, task: GHNTask, train_cfg: GHNTrainConfig, info: dict[str, Any],
                  eval_data: dict[str, Any]) -> None:
@@ -119,31 +139,48 @@ class GHNCallback(Callback):
     def after_epoch(self, trainer: Any, epoch: int, metrics: dict[str, Any]) -> None:
         if not self._due(trainer, epoch):
             return
-        archs = self.task.eval_archs
-        predict_many([a.model for a in archs], self.task.ghn, [a.encoding for a in archs])
+        archs, cfg = self.task.eval_archs, self.train_cfg
+        quantized = [w for w in cfg.eval_widths() if w != "FP"]
+        predict_many([a.model for a in archs], self.task.ghn,
+                     [conditioned(a.encoding, self.task.ghn, a.model) for a in archs])
         for arch in archs:
             arch.model.to(trainer.device)
-            recalibrate_bn(arch.model, trainer.train_data, self.train_cfg.bn_batches)
+            recalibrate_bn(arch.model, trainer.train_data, cfg.bn_batches)
         for split, data in self.eval_data.items():
-            scores = [evaluate_model(a.model, data, trainer.config.eval_batch_size, trainer.device)["acc"]
-                      for a in archs]
-            metrics[f"{split}_acc"] = sum(scores) / len(scores)
-            metrics[f"{split}_acc_worst"] = min(scores)
+            scored = {"": [a.model for a in archs]}
+            for label in quantized:
+                scored[f"_{label.lower()}"] = [
+                    predict_quantized(a.model, self.task.ghn, label, trainer.train_data, encoding=a.encoding,
+                                      first_last_bits=cfg.first_last_bits, bn_batches=cfg.bn_batches)
+                    for a in archs]
+            for suffix, models in scored.items():
+                scores = [evaluate_model(m, data, trainer.config.eval_batch_size, trainer.device)["acc"]
+                          for m in models]
+                metrics[f"{split}_acc{suffix}"] = sum(scores) / len(scores)
+                metrics[f"{split}_acc{suffix}_worst"] = min(scores)
         if trainer.out_dir is not None and dist.is_main():
             info = {**self.info, "epochs_trained": epoch + 1, "steps": trainer.global_step}
             save_ghn(Path(trainer.out_dir) / GHN_FILE, self.task.ghn, info)
 
 
-def evaluation_architectures(config: GHNConfig, count: int) -> list[Architecture]:
-    """The first ``count`` architectures of the held-out ``val`` split, built for the GHN's data."""
-    return [build_architecture(spec, config) for spec in space.split("val", count)]
+def evaluation_architectures(config: GHNConfig, count: int, space_name: str = space.DEFAULT_SPACE
+                             ) -> list[Architecture]:
+    """The first ``count`` architectures of the held-out ``val`` split of a space, built for the GHN's data."""
+    return [build_architecture(spec, config) for spec in space.split("val", count, space_name)]
 
 
 def make_task(config: GHNConfig, train_cfg: GHNTrainConfig) -> GHNTask:
-    """A fresh hypernetwork wrapped for training, with its architecture source and evaluation architectures."""
+    """A fresh hypernetwork (or ``train_cfg.init_from``'s weights) wrapped for training, with its architecture
+    source and evaluation architectures."""
     ghn = GraphHyperNetwork(config)
-    return GHNTask(ghn, ArchitectureSource(config, train_cfg.pool), train_cfg.meta_batch,
-                   evaluation_architectures(config, train_cfg.eval_archs))
+    if train_cfg.init_from is not None:
+        start = load_ghn(train_cfg.init_from)
+        if {**start.config.to_dict(), "bit_conditioned": config.bit_conditioned} != config.to_dict():
+            raise ConfigError(f"--init-from {train_cfg.init_from}: its shape {start.config.to_dict()} differs from "
+                              f"the GHN to train {config.to_dict()} (only bit_conditioned may differ)")
+        ghn.load_state_dict(start.state_dict())
+    return GHNTask(ghn, ArchitectureSource(config, train_cfg.pool, train_cfg.space), train_cfg.meta_batch,
+                   evaluation_architectures(config, train_cfg.eval_archs, train_cfg.space), train_cfg)
 
 
 def data_config(train_ds: Any) -> dict[str, Any]:
@@ -176,7 +213,7 @@ def train_ghn(train: TrainConfig, ghn: dict[str, Any] | None = None, train_cfg: 
         torch.set_num_threads(train.num_threads)
     train_ds, evals = build_datasets(train)
     evals = {"val": evals["val"]} if "val" in evals else {}
-    config = GHNConfig.from_dict({**(ghn or {}), **data_config(train_ds)})
+    config = GHNConfig.from_dict({**(ghn or {}), **data_config(train_ds), "bit_conditioned": train_cfg.bit_conditioned})
     torch.manual_seed(train.seed)
     task = make_task(config, train_cfg)
     info = {"dataset": train.dataset, "space_version": space.SPACE_VERSION, "train": _config.to_dict(train),
