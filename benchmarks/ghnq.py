@@ -56,7 +56,10 @@ def train(dataset: str, variant: str, epochs: int, lr: float, meta_batch: int, t
     t0 = time.perf_counter()
     _, metrics = ghn_lib.train_ghn(cfg, fields, train_cfg, out, resume=resume)
     wall = time.perf_counter() - t0
-    _io.write_json(out / "wall.json", {"wall_s": wall, "resumed": resume, "threads": threads, **metrics})
+    record = out / "wall.json"
+    if resume and record.is_file():  # a resumed (or already finished) run adds its time to the earlier part's
+        wall += float(_io.read_json(record, "wall time record", SystemExit).get("wall_s", 0.0))
+    _io.write_json(record, {"wall_s": wall, "resumed": resume, "threads": threads, **metrics})
     print(f"{dataset} {variant}: {wall / 60:.1f} min, {metrics}")
     if ship:
         target = ghn_lib.io.PRETRAINED_DIR / f"{dataset}-q.safetensors"

@@ -21,6 +21,7 @@ from bitsmith.methods.ghn import (
     parse_widths,
     predict_quantized,
     save_ghn,
+    shipped,
     train_ghn,
 )
 from bitsmith.methods.ghn.encoding import BITS_CODES, FEATURES
@@ -237,3 +238,16 @@ def test_quantized_row_scores_every_source_width_and_qat_start(digits) -> None:
     assert set(row) == {f"{s}:{w}" for s in sources for w in ("FP", "W4A4")} | {f"{s}:W4A4:qat" for s in sources}
     assert all(0.0 <= v <= 1.0 for v in row.values())
     assert row["sgd_20:FP"] > row["random:FP"] + 0.2  # the SGD twin is a real reference
+
+
+@pytest.mark.skipif("digits-q" not in shipped(), reason="no shipped bit-conditioned digits GHN in this checkout")
+def test_shipped_bit_conditioned_digits_ghn_predicts_accurate_quantized_parameters(digits) -> None:
+    ghn = load_ghn("digits-q")
+    assert ghn.config.bit_conditioned and ghn.info["ghn_train"]["quant"] == "mixed"
+    train_ds, test_ds = digits
+    accs = {label: [] for label in ("W8A8", "W4A4")}
+    for spec in space.split("test", 3):
+        for label, scores in accs.items():
+            model = predict_quantized(space.build_network(spec, 10, 1, 16), ghn, label, train_ds)
+            scores.append(evaluate_model(model, test_ds)["acc"])
+    assert min(accs["W8A8"]) > 0.8 and min(accs["W4A4"]) > 0.75
