@@ -10,7 +10,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet torch==2.13.0
 
 setup: $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,export]"
 
 demo: setup
 	$(BIN)/bitsmith demo --out runs/demo

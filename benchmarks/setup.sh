@@ -11,4 +11,4 @@ if [ ! -x .venv-bench/bin/python ]; then
   python3 -m venv .venv-bench
   .venv-bench/bin/pip install --quiet torch==2.13.0
 fi
-.venv-bench/bin/pip install --quiet -e ".[dev]" brevitas
+.venv-bench/bin/pip install --quiet -e ".[dev,export]" brevitas

@@ -40,6 +40,10 @@ _EXPORTS: dict[str, str] = {
     "quantize": "bitsmith.quant",
     "calibrate": "bitsmith.quant",
     "integer_forward": "bitsmith.quant",
+    # export
+    "to_onnx": "bitsmith.export",
+    "save_packed": "bitsmith.export",
+    "load_packed": "bitsmith.export",
     # run directories
     "load_model": "bitsmith.runs",
     "quantize_run": "bitsmith.runs",

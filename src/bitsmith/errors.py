@@ -24,3 +24,12 @@ class ConfigError(BitsmithError):
 
 class UnsupportedLayerError(BitsmithError):
     """A module that a bitsmith transformation (tracing, costing, quantization) cannot handle."""
+
+
+class MissingDependencyError(BitsmithError):
+    """An optional package a feature needs is not installed (the message names the pip extra)."""
+
+
+class ParityError(BitsmithError):
+    """An exported model does not compute what the PyTorch model computes (the message names the first layer that
+    diverges)."""

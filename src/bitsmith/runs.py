@@ -132,6 +132,13 @@ def _transform(name: str) -> Callable[..., nn.Module]:
     return TRANSFORMS[name]
 
 
+def apply_transforms(model: nn.Module, steps: list[dict[str, Any]], input_shape: tuple[int, ...]) -> nn.Module:
+    """``model`` after the recorded ``model_transforms`` steps (each ``{"name": ..., "config": {...}}``), in order."""
+    for step in steps:
+        model = _transform(step["name"])(model, step.get("config", {}), input_shape)
+    return model
+
+
 def build_run_model(run_dir: str | Path) -> tuple[nn.Module, TrainConfig, Any]:
     """The untrained model of a run (zoo model plus its recorded transforms), its TrainConfig and training data."""
     cfg_dict = read_config(run_dir)
@@ -139,9 +146,7 @@ def build_run_model(run_dir: str | Path) -> tuple[nn.Module, TrainConfig, Any]:
     train_ds = load_split(cfg, "train")
     model = build_model(cfg, train_ds)
     input_shape = (train_ds.in_channels, *train_ds.image_size)
-    for step in cfg_dict.get("model_transforms", []):
-        model = _transform(step["name"])(model, step.get("config", {}), input_shape)
-    return model, cfg, train_ds
+    return apply_transforms(model, cfg_dict.get("model_transforms", []), input_shape), cfg, train_ds
 
 
 def run_callbacks(run_dir: str | Path, model: nn.Module, train_ds: Any) -> list[Callback]:

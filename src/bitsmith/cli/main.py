@@ -29,6 +29,7 @@ _COMMAND_MODULES = (
     "bitsmith.cli.search",
     "bitsmith.cli.rpg",
     "bitsmith.cli.ghn",
+    "bitsmith.cli.export",
 )
 
 for _name in _COMMAND_MODULES:

@@ -74,17 +74,25 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
 
 # ----------------------------------------------------------------------------- BatchNorm folding
 @torch.no_grad()
-def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    """Fold eval-mode ``bn`` into ``conv``: ``w' = w * g / sqrt(v + eps)``, ``b' = (b - m) * g / sqrt(v + eps)
-    + beta`` (in float64, then back to the conv's dtype)."""
-    dtype = conv.weight.dtype
+def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BatchNorm as a per-channel affine map ``y = x * factor + shift`` (float64):
+    ``factor = g / sqrt(v + eps)``, ``shift = beta - m * factor``."""
     var, mean = bn.running_var.double(), bn.running_mean.double()
     gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
     beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
     factor = gamma / torch.sqrt(var + bn.eps)
+    return factor, beta - mean * factor
+
+
+@torch.no_grad()
+def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """Fold eval-mode ``bn`` into ``conv``: ``w' = w * factor``, ``b' = b * factor + shift`` (:func:`bn_affine`, in
+    float64, then back to the conv's dtype)."""
+    dtype = conv.weight.dtype
+    factor, shift = bn_affine(bn)
     conv.weight.copy_((conv.weight.double() * factor.view(-1, 1, 1, 1)).to(dtype))
-    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(var)
-    new_bias = ((bias - mean) * factor + beta).to(dtype)
+    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(factor)
+    new_bias = (bias * factor + shift).to(dtype)
     if conv.bias is None:
         conv.bias = nn.Parameter(new_bias)
     else:
