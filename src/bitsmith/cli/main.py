@@ -30,6 +30,7 @@ _COMMAND_MODULES = (
     "bitsmith.cli.rpg",
     "bitsmith.cli.ghn",
     "bitsmith.cli.export",
+    "bitsmith.cli.report",
 )
 
 for _name in _COMMAND_MODULES:

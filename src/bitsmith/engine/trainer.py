@@ -365,11 +365,13 @@ class Trainer:
 
 
 def final_metrics(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The last epoch record merged with that epoch's evaluations as ``<split>_<metric>`` keys."""
+    """The last epoch record merged with that epoch's evaluations as ``<split>_<metric>`` keys; for a run that only
+    evaluated (PTQ, predicted parameters) its last evaluations alone."""
     epochs = [r for r in history if r.get("type") == "epoch"]
-    if not epochs:
+    evals = [r for r in history if r.get("type") == "eval"]
+    if not epochs and not evals:
         return {}
-    last = dict(epochs[-1])
+    last = dict(epochs[-1]) if epochs else {"epoch": evals[-1].get("epoch", 0)}
     for r in history:
         if r.get("type") == "eval" and r.get("epoch") == last["epoch"]:
             last.update({f"{r['split']}_{k}": v for k, v in r.items() if k not in ("type", "epoch", "split")})

@@ -70,7 +70,8 @@ def write_report(run_dir: str | Path, sections: Sequence[tuple[str, str]] = ()) 
             value = final[key]
             shown = f"{100 * value:.2f} %" if key.endswith("_acc") else f"{value:.4f}"
             lines.append(f"| {key} | {shown} |")
-        lines.append(f"| epochs | {final['epoch']} |")
+        if final.get("epoch"):
+            lines.append(f"| epochs | {final['epoch']} |")
         if final.get("step_ms_median") is not None:
             lines.append(f"| median step (last epoch) | {final['step_ms_median']:.2f} ms |")
         lines.append("")

@@ -1,0 +1,66 @@
+"""`bitsmith compare` / `bitsmith report` on run directories made by short real runs: grouping over seeds without
+knowing the method, settings named by what varies, the Pareto front, the written files, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bitsmith import runs
+from bitsmith.quant import QConfig
+from bitsmith.report import compare_runs, group_points, pareto_front
+
+
+@pytest.fixture(scope="module")
+def ptq_runs(tmp_path_factory, float_run):
+    """PTQ runs of the shared float LeNet-5: W8A8 with calibration seeds 0 and 1, W2A2 with seed 0."""
+    root = tmp_path_factory.mktemp("ptq")
+    made = {}
+    for name, bits, seed in (("w8-s0", 8, 0), ("w8-s1", 8, 1), ("w2-s0", 2, 0)):
+        runs.quantize_run(float_run, QConfig(weight_bits=bits, act_bits=bits), root / name, seed=seed, ptq=True,
+                          calib_batches=2, num_threads=1)
+        made[name] = root / name
+    return made
+
+
+def test_runs_group_over_seeds_and_are_labelled_by_what_varies(float_run, ptq_runs, tmp_path) -> None:
+    result = compare_runs([float_run, *ptq_runs.values()], tmp_path / "cmp")
+    groups = {(g["command"], g["setting"]): g for g in result["groups"]}
+    assert set(groups) == {("train", "-"), ("quantize", "quantize.act_bits=8, quantize.weight_bits=8"),
+                           ("quantize", "quantize.act_bits=2, quantize.weight_bits=2")}
+    w8 = groups[("quantize", "quantize.act_bits=8, quantize.weight_bits=8")]
+    w2 = groups[("quantize", "quantize.act_bits=2, quantize.weight_bits=2")]
+    fp = groups[("train", "-")]
+    assert w8["n"] == 2 and w2["n"] == 1 and fp["n"] == 1
+    accs = [runs.final_run_metrics(ptq_runs[k])["test_acc"] for k in ("w8-s0", "w8-s1")]
+    assert w8["acc_mean"] == pytest.approx(sum(accs) / 2)
+    assert fp["bops"] > w8["bops"] > w2["bops"]  # 32x32 > 8x8 (first/last at 8) > 2x2 in the middle
+    assert w2["pareto"]  # the cheapest row is always on the front
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert [g["setting"] for g in saved] == [g["setting"] for g in result["groups"]]
+    assert (tmp_path / "cmp" / "pareto.png").stat().st_size > 1000
+    assert "| quantize | lenet5 | digits |" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def test_pareto_front_marks_only_undominated_rows(float_run, ptq_runs) -> None:
+    from bitsmith.report import run_point
+
+    points = [run_point(r) for r in (float_run, ptq_runs["w8-s0"], ptq_runs["w2-s0"])]
+    groups = group_points(points)
+    front = pareto_front(groups)
+    for g, on in zip(groups, front, strict=True):
+        better = [o for o in groups if o is not g and o.bops <= g.bops and o.acc[0] >= g.acc[0]
+                  and (o.bops < g.bops or o.acc[0] > g.acc[0])]
+        assert on == (not better)
+
+
+def test_cli_compare_and_report(cli, float_run, ptq_runs, tmp_path) -> None:
+    code, stdout, stderr = cli("compare", str(float_run), str(ptq_runs["w8-s0"]), "--out", str(tmp_path / "c"))
+    assert code == 0, stderr
+    assert "Pareto" in stdout and (tmp_path / "c" / "compare.md").is_file()
+    code, stdout, stderr = cli("report", str(ptq_runs["w2-s0"]))
+    assert code == 0, stderr
+    assert "Cost per sample" in (ptq_runs["w2-s0"] / "report.md").read_text()
+    code, _, stderr = cli("compare", str(tmp_path / "nothing"))
+    assert code == 2 and "no such run directory" in stderr and "Traceback" not in stderr
