@@ -251,3 +251,15 @@ def test_shipped_bit_conditioned_digits_ghn_predicts_accurate_quantized_paramete
             model = predict_quantized(space.build_network(spec, 10, 1, 16), ghn, label, train_ds)
             scores.append(evaluate_model(model, test_ds)["acc"])
     assert min(accs["W8A8"]) > 0.8 and min(accs["W4A4"]) > 0.75
+
+
+def test_a_predicted_quantized_model_exports_to_onnx_with_parity(digits, tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    from bitsmith.export import to_onnx
+
+    train_ds, test_ds = digits
+    qmodel = predict_quantized(space.build_network(space.split("test", 1)[0], 10, 1, 16), _ghn(), "W4A4", train_ds,
+                               calib_batches=2, bn_batches=2)
+    x, y = test_ds.tensors()
+    result = to_onnx(qmodel, tmp_path / "m.onnx", SHAPE, fold_bn=False, data=(x[:128], y[:128]), threads=1)
+    assert result.parity is not None and result.parity.agreement >= 0.999
