@@ -46,11 +46,13 @@ def float_run(epochs: int, seed: int, threads: int) -> Path:
     return out
 
 
-def w8a8_run(source: Path, threads: int) -> Path:
-    """The W8A8 PTQ run of ``source`` with BatchNorm folded before quantization (created once)."""
-    out = source.parent / f"{source.name}-w8a8-ptq-foldbn"
+def w8a8_run(source: Path, threads: int, residual_bits: int | None = None) -> Path:
+    """The W8A8 PTQ run of ``source`` with BatchNorm folded before quantization (created once); with
+    ``residual_bits`` the residual sums are quantized too."""
+    suffix = f"-res{residual_bits}" if residual_bits else ""
+    out = source.parent / f"{source.name}-w8a8-ptq-foldbn{suffix}"
     if not runs.run_finished(out) and not (out / "checkpoint.safetensors").exists():
-        qcfg = QConfig(weight_bits=8, act_bits=8, fold_bn=True)
+        qcfg = QConfig(weight_bits=8, act_bits=8, fold_bn=True, residual_bits=residual_bits)
         runs.quantize_run(source, qcfg, out, ptq=True, observer="mse", num_threads=threads, quiet=True)
     return out
 
@@ -107,18 +109,21 @@ def timings(variants: dict[str, Callable[[], object]], rounds: int, calls: int, 
     return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
-def speed_section(float_model: torch.nn.Module, qmodel: torch.nn.Module, run: Path, args: argparse.Namespace,
-                  x: torch.Tensor, y: torch.Tensor) -> list[str]:
-    """Parity, kernels and the timing table."""
+def speed_section(float_model: torch.nn.Module, qmodels: dict[str, tuple[Path, torch.nn.Module]],
+                  args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor) -> list[str]:
+    """Parity, kernels and the timing table of each quantized model (label -> (run, model)) against FP32."""
     shape = tuple(x.shape[1:])
+    exported = {}
     with tempfile.TemporaryDirectory() as tmp:
-        result = export.to_onnx(qmodel, Path(tmp) / "w8a8.onnx", shape, data=(x, y), threads=args.threads)
-        int8 = (Path(tmp) / "w8a8.onnx").read_bytes()
+        for label, (_, qmodel) in qmodels.items():
+            path = Path(tmp) / f"{len(exported)}.onnx"
+            exported[label] = (export.to_onnx(qmodel, path, shape, data=(x, y), threads=args.threads),
+                               path.read_bytes())
     fp32_proto, _, _ = export.build_onnx(float_model, shape, allow_float=True)
     fp32 = fp32_proto.SerializeToString()
     fp32_parity = export.check_parity(float_model, fp32, (x, y), threads=args.threads, raise_on_mismatch=False)
-    ops, shares = kernels(int8, x[:64], args.threads)
-    sessions = {"int8": session(int8, args.threads), "fp32": session(fp32, args.threads)}
+    sessions = {"fp32": session(fp32, args.threads)}
+    sessions.update({label: session(payload, args.threads) for label, (_, payload) in exported.items()})
     rows = {}
     for batch in (1, 64):
         xb = x[:batch]
@@ -128,43 +133,47 @@ def speed_section(float_model: torch.nn.Module, qmodel: torch.nn.Module, run: Pa
             with torch.inference_mode():
                 return model(xb)
 
-        variants = {
-            "PyTorch FP32": torch_call,
-            "PyTorch fake-quant W8A8": lambda xb=xb: torch_call(qmodel, xb),
-            "onnxruntime FP32": lambda feed=feed: sessions["fp32"].run(None, feed),
-            "onnxruntime int8 (QDQ)": lambda feed=feed: sessions["int8"].run(None, feed),
-        }
+        variants: dict[str, Callable[[], object]] = {"PyTorch FP32": torch_call}
+        for label, (_, qmodel) in qmodels.items():
+            variants[f"PyTorch fake-quant W8A8, {label}"] = lambda xb=xb, m=qmodel: torch_call(m, xb)
+        variants["onnxruntime FP32"] = lambda feed=feed: sessions["fp32"].run(None, feed)
+        for label in qmodels:
+            variants[f"onnxruntime int8 (QDQ), {label}"] = lambda feed=feed, k=label: sessions[k].run(None, feed)
         rows[batch] = timings(variants, args.rounds, args.calls if batch == 64 else 4 * args.calls)
-    report = result.parity
     lines = [
         "## Deployment: onnxruntime int8 (QDQ) vs FP32 (ResNet-20, digits)",
         "",
-        f"ResNet-20 trained on digits (run {run.name}), W8A8 PTQ with BatchNorm folded before quantization "
-        f"(`bitsmith quantize --ptq --fold-bn`), exported by `bitsmith export --format onnx` (opset {result.opset}, "
-        f"{result.size_bytes / 1000:.0f} kB; FP32 ONNX {len(fp32) / 1000:.0f} kB). Parity on the test split "
-        f"({report.samples} images): argmax agreement {100 * report.agreement:.2f} %, accuracy onnxruntime "
-        f"{100 * report.onnx_accuracy:.2f} % vs PyTorch fake-quant {100 * report.torch_accuracy:.2f} %; FP32 "
-        f"onnxruntime vs PyTorch: agreement {100 * fp32_parity.agreement:.2f} %.",
+        f"ResNet-20 trained on digits (run {next(iter(qmodels.values()))[0].name.split('-w8a8')[0]}), W8A8 PTQ with "
+        "BatchNorm folded before quantization (`bitsmith quantize --ptq --fold-bn`), residual sums in float or "
+        "quantized to 8 bits (`--residual-bits 8`), each exported by `bitsmith export --format onnx` and "
+        "parity-checked on the test split:",
         "",
-        f"Median wall time per inference call, {args.threads} thread(s) (torch and onnxruntime intra-op), "
-        f"{args.rounds} interleaved rounds; speed-up relative to PyTorch FP32:",
-        "",
-        "| variant | batch 1 (ms) | speed-up | batch 64 (ms) | speed-up |",
-        "| --- | ---: | ---: | ---: | ---: |",
     ]
+    for label, (result, _) in exported.items():
+        report = result.parity
+        lines.append(f"- {label}: opset {result.opset}, {result.size_bytes / 1000:.0f} kB; {report.samples} images, "
+                     f"argmax agreement {100 * report.agreement:.2f} %, accuracy onnxruntime "
+                     f"{100 * report.onnx_accuracy:.2f} % vs PyTorch fake-quant {100 * report.torch_accuracy:.2f} %.")
+    lines += [f"- FP32 ONNX {len(fp32) / 1000:.0f} kB; onnxruntime vs PyTorch agreement "
+              f"{100 * fp32_parity.agreement:.2f} %.", "",
+              f"Median wall time per inference call, {args.threads} thread(s) (torch and onnxruntime intra-op), "
+              f"{args.rounds} interleaved rounds; speed-up relative to PyTorch FP32:", "",
+              "| variant | batch 1 (ms) | speed-up | batch 64 (ms) | speed-up |",
+              "| --- | ---: | ---: | ---: | ---: |"]
     base1, base64 = rows[1]["PyTorch FP32"], rows[64]["PyTorch FP32"]
     for name in rows[1]:
         lines.append(f"| {name} | {rows[1][name]:.3f} | {base1 / rows[1][name]:.2f}x | {rows[64][name]:.2f} | "
                      f"{base64 / rows[64][name]:.2f}x |")
-    top = ", ".join(f"{op} {100 * share:.0f} %" for op, share in list(shares.items())[:6])
-    integer = {op: n for op, n in ops.items() if op.startswith(("QLinear", "QGemm", "MatMulInteger", "ConvInteger"))}
-    lines += [
-        "",
-        f"Kernels onnxruntime ran for the int8 model (its optimised graph): {dict(ops.most_common())}; integer "
-        f"kernels: {integer or 'none'}. Share of node time (profiled, batch 64): {top}.",
-        "",
-        f"Environment: {environment()}; onnxruntime {_ort_version()}.",
-    ]
+    lines.append("")
+    for label, (_, payload) in exported.items():
+        ops, shares = kernels(payload, x[:64], args.threads)
+        top = ", ".join(f"{op} {100 * share:.0f} %" for op, share in list(shares.items())[:6])
+        integer = {op: n for op, n in ops.items()
+                   if op.startswith(("QLinear", "QGemm", "MatMulInteger", "ConvInteger"))}
+        lines += [f"Kernels onnxruntime ran for the int8 model, {label} (its optimised graph): "
+                  f"{dict(ops.most_common())}; integer kernels: {integer or 'none'}. Share of node time (profiled, "
+                  f"batch 64): {top}.", ""]
+    lines.append(f"Environment: {environment()}; onnxruntime {_ort_version()}.")
     return lines
 
 
@@ -232,12 +241,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     source = float_run(args.epochs, args.seed, args.threads)
-    qrun = w8a8_run(source, args.threads)
-    float_model, qmodel = runs.load_model(source), runs.load_model(qrun)
+    qruns = {"residual sums float": w8a8_run(source, args.threads),
+             "residual sums 8-bit": w8a8_run(source, args.threads, residual_bits=8)}
+    float_model = runs.load_model(source)
+    qmodels = {label: (run, runs.load_model(run)) for label, run in qruns.items()}
     cfg = runs.train_config(source)
     x, y = load_split(cfg, "test").tensors()
     x_train, _ = load_split(cfg, "train").tensors()
-    lines = speed_section(float_model, qmodel, qrun, args, x, y)
+    lines = speed_section(float_model, qmodels, args, x, y)
     lines += packed_section(float_model, x_train, args.seed)
     publish(args.section, lines, write=not args.no_write)
 

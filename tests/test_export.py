@@ -393,3 +393,41 @@ def test_export_command_refuses_16_bit_onnx(float_run, tmp_path, cli):
     assert code == 2 and "int8/uint8 cannot hold" in err and err.count("\n") == 1
     code, out, err = cli("export", str(qrun), "--format", "packed", "--out", str(tmp_path / "x.safetensors"))
     assert code == 0, err
+
+
+def test_quantized_residual_sums_let_onnxruntime_run_every_conv_in_integer(tmp_path) -> None:
+    """With residual_bits every input of each residual add is quantized (two per ResNet-20 block), the run rebuilds
+    from its config, and onnxruntime fuses every conv into QLinearConv (none left as a float conv)."""
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    from bitsmith import quantize, zoo
+    from bitsmith.graph import trace
+    from bitsmith.quant import QConfig, QuantAct, calibrate
+
+    torch.manual_seed(0)
+    model = zoo.create_model("resnet20", in_channels=1, image_size=16).eval()
+    qmodel = quantize(model, QConfig(weight_bits=8, act_bits=8, fold_bn=True, residual_bits=8))
+    graph = trace(qmodel, (1, 16, 16))
+    adds = [n for n in graph.nodes if n.kind == "add"]
+    assert len(adds) == 9
+    for add in adds:
+        assert all(graph.nodes[i].kind == "quant_act" for i in add.inputs)
+    assert sum(isinstance(m, QuantAct) for m in qmodel.modules()) == 18
+    x = torch.rand(256, 1, 16, 16)
+    calibrate(qmodel, [x[i:i + 64] for i in range(0, 256, 64)])
+    again = quantize(model, QConfig(weight_bits=8, act_bits=8, fold_bn=True, residual_bits=8))
+    again.load_state_dict(qmodel.state_dict())
+    with torch.no_grad():
+        assert torch.equal(again.eval()(x[:8]), qmodel.eval()(x[:8]))
+    from bitsmith.export import to_onnx
+
+    to_onnx(qmodel, tmp_path / "r.onnx", (1, 16, 16), data=x[:64], threads=1)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(tmp_path / "r.onnx"), options, providers=["CPUExecutionProvider"])
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert ops.count("QLinearConv") >= 19 and "Conv" not in ops  # the stem conv may stay float

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,6 +26,33 @@ def symbolic_trace(model: nn.Module) -> fx.GraphModule:
     tracer = _LeafTracer()
     graph = tracer.trace(model)
     return fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
+
+
+def insert_before(model: nn.Module, kind: str, make: Callable[[int], nn.Module | None],
+                  prefix: str) -> tuple[fx.GraphModule, int]:
+    """A GraphModule of ``model`` (sharing its submodules) in which every tensor input of each functional op of
+    ``kind`` (e.g. "add") first passes through the module ``make(i)`` (i counts the inserted ones; None skips that
+    input), registered as ``{prefix}{i}``. Returns the module and how many were inserted."""
+    gm = symbolic_trace(model)
+    count = 0
+    for fxn in list(gm.graph.nodes):
+        if fxn.op not in ("call_function", "call_method"):
+            continue
+        if function_kind(op_name(fxn.target), fxn.name) != kind:
+            continue
+        for arg in dict.fromkeys(_fx_inputs(fxn.args, fxn.kwargs)):
+            module = make(count)
+            if module is None:
+                continue
+            name = f"{prefix}{count}"
+            gm.add_submodule(name, module)
+            with gm.graph.inserting_before(fxn):
+                wrapped = gm.graph.call_module(name, (arg,))
+            fxn.replace_input_with(arg, wrapped)
+            count += 1
+    gm.graph.lint()
+    gm.recompile()
+    return gm, count
 
 
 def _fx_inputs(args: Any, kwargs: Any) -> list[fx.Node]:

@@ -57,7 +57,9 @@ class QConfig(_config.JsonConfig):
     activations; None = like the rest). fold_bn: fold each BatchNorm into the preceding conv (frozen statistics).
     weight_symmetric/act_symmetric: zero point 0. init: scale initialisation from the first batch ("mse" or
     "minmax"). overrides: per module name, any of weight_bits (int or one per output channel), act_bits,
-    method, per_channel, keep. bits_file: a bits.json applied before the overrides.
+    method, per_channel, keep. bits_file: a bits.json applied before the overrides. residual_bits: also quantize
+    every input of each residual add (a QuantAct at that width, signedness from data), so that integer runtimes can
+    keep the convs that feed a residual sum in integer arithmetic (None: residual sums stay float).
     """
 
     weight_bits: int = 8
@@ -71,6 +73,7 @@ class QConfig(_config.JsonConfig):
     init: Literal["mse", "minmax"] = "mse"
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     bits_file: str | None = None
+    residual_bits: int | None = None
 
     def __post_init__(self) -> None:
         check_bits(self.weight_bits, "weight")
@@ -87,6 +90,8 @@ class QConfig(_config.JsonConfig):
         if not isinstance(self.overrides, dict):
             raise ConfigError(f"QConfig.overrides must map module names to settings, got {self.overrides!r}")
         self.overrides = {name: check_override(name, entry) for name, entry in self.overrides.items()}
+        if self.residual_bits is not None:
+            check_bits(self.residual_bits, "residual activation")
         if self.bits_file is not None and not isinstance(self.bits_file, (str, os.PathLike)):
             raise ConfigError(f"QConfig.bits_file must be a path to a bits.json, got {self.bits_file!r}")
         if self.bits_file is not None:

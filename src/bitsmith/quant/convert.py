@@ -26,7 +26,7 @@ from torch import nn
 from bitsmith import zoo
 from bitsmith.cost.bits import BitsAssignment, LayerBits
 from bitsmith.errors import ConfigError, UnsupportedLayerError
-from bitsmith.graph import Graph, trace
+from bitsmith.graph import Graph, insert_before, trace
 from bitsmith.quant.config import QConfig
 from bitsmith.quant.layers import QuantAct, QuantConv2d, QuantLinear, _QuantLayer
 
@@ -250,7 +250,32 @@ def quantize(model: nn.Module, qconfig: QConfig | dict[str, Any] | None = None,
             keep=settings["keep"],
         )
         _replace(qmodel, name, layer)
+    if qconfig.residual_bits is not None:
+        qmodel = _quantize_residuals(qmodel, qconfig, graph is not None)
     return qmodel
+
+
+RESIDUAL_PREFIX = "residual_quant_"
+
+
+def _quantize_residuals(qmodel: nn.Module, qconfig: QConfig, traced: bool) -> nn.Module:
+    """``qmodel`` as a GraphModule with a QuantAct on every input of each add (its residual sums), keeping the zoo
+    spec so the result re-traces, costs and exports like the original."""
+    if not traced:
+        raise ConfigError("residual_bits needs the model's input shape: pass example_input_shape=(C, H, W)")
+    bits = qconfig.residual_bits
+    method = "lsq" if qconfig.method == "pact" else qconfig.method
+    gm, count = insert_before(qmodel, "add", lambda i: QuantAct(
+        bits, method=method, signed=None, symmetric=qconfig.act_symmetric, init=qconfig.init,
+        name=f"{RESIDUAL_PREFIX}{i}"), RESIDUAL_PREFIX)
+    if count == 0:
+        warnings.warn("quantize: residual_bits is set but the model has no add to quantize", UserWarning,
+                      stacklevel=3)
+    for attr in ("bitsmith_spec",):
+        if hasattr(qmodel, attr):
+            setattr(gm, attr, getattr(qmodel, attr))
+    gm.train(qmodel.training)
+    return gm
 
 
 def bits_assignment(qmodel: nn.Module) -> BitsAssignment:
