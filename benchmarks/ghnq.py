@@ -47,14 +47,11 @@ def train(dataset: str, variant: str, epochs: int, lr: float, meta_batch: int, t
     """Train (or resume) one GHN-Q variant from the float GHN; with ``ship``, copy it into the package."""
     out = OUT / dataset / f"train-{variant}"
     cfg = ghn_lib.recipe(dataset, epochs=epochs, lr=lr, num_threads=threads)
-    start = ghn_lib.load_ghn(float_ghn(dataset))
-    fields = {k: v for k, v in start.config.to_dict().items()
-              if k not in ("num_classes", "in_channels", "image_size", "bit_conditioned")}
     train_cfg = ghn_lib.GHNTrainConfig(meta_batch=meta_batch, quant=VARIANTS[variant],
                                        init_from=str(float_ghn(dataset)))
     resume = (out / "checkpoint.safetensors").exists()
     t0 = time.perf_counter()
-    _, metrics = ghn_lib.train_ghn(cfg, fields, train_cfg, out, resume=resume)
+    _, metrics = ghn_lib.train_ghn(cfg, None, train_cfg, out, resume=resume)
     wall = time.perf_counter() - t0
     record = out / "wall.json"
     if resume and record.is_file():  # a resumed (or already finished) run adds its time to the earlier part's

@@ -48,7 +48,8 @@ def train_cmd(
     bits: str = typer.Option("32,8,4,2", help="widths --quant mixed draws from (32 = float)"),
     per_layer: bool = typer.Option(False, "--per-layer", help="with --quant mixed: one draw per layer"),
     first_last_bits: int = typer.Option(8, help="bit width of the first and last layers (0 = like the rest)"),
-    init_from: str | None = typer.Option(None, help="start from this GHN's weights (file, run folder, shipped name)"),
+    init_from: str | None = typer.Option(None, help="start from this GHN: its weights and shape (file, run folder, "
+                                         "shipped name)"),
     space: str = typer.Option("darts", help="search space of the training architectures: darts | ghnq"),
     epochs: int = typer.Option(120, help="epochs over the training images"),
     lr: float = typer.Option(1e-3, help="AdamW learning rate (cosine schedule)"),
@@ -80,12 +81,8 @@ def train_cmd(
             raise BitsmithError(f"{out} already holds a run; add --resume or choose another --out")
         train = recipe(dataset, data_root=str(data_root) if data_root else None, epochs=epochs, lr=lr,
                        grad_clip=grad_clip, seed=seed, num_threads=threads, batch_size=batch_size)
-        ghn_fields = {"encoder": encoder, "hidden": hidden, "layers": layers}
-        if init_from is not None:
-            from bitsmith.methods.ghn import load_ghn
-
-            ghn_fields = {k: v for k, v in load_ghn(init_from).config.to_dict().items()
-                          if k not in ("num_classes", "in_channels", "image_size", "bit_conditioned")}
+        # with --init-from the hypernetwork's shape is that GHN's
+        ghn_fields = {"encoder": encoder, "hidden": hidden, "layers": layers} if init_from is None else {}
         train_cfg = GHNTrainConfig(meta_batch=meta_batch, pool=pool, eval_archs=eval_archs, eval_every=eval_every,
                                    quant=quant, bits=parse_ints(bits, "--bits", "32,8,4,2"), per_layer=per_layer,
                                    first_last_bits=first_last_bits or None, init_from=init_from, space=space)

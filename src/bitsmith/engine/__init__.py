@@ -1,6 +1,6 @@
 """Training and evaluation: the one Trainer, its callbacks, checkpoints, resume, seeding and DDP support."""
 
-from bitsmith.engine.batchnorm import recalibrate_bn
+from bitsmith.engine.batchnorm import recalibrate_bn, seeded_batches
 from bitsmith.engine.callbacks import Callback
 from bitsmith.engine.checkpoint import load_checkpoint, save_checkpoint
 from bitsmith.engine.config import TrainConfig
@@ -26,5 +26,5 @@ __all__ = [
     "Trainer",
     "build_datasets", "build_model", "dataset_tensors", "evaluate", "evaluate_model", "final_metrics", "is_run_dir",
     "load_checkpoint", "load_split",
-    "recalibrate_bn", "require_run_dir", "save_checkpoint", "save_run", "stacked", "train",
+    "recalibrate_bn", "require_run_dir", "save_checkpoint", "save_run", "seeded_batches", "stacked", "train",
 ]

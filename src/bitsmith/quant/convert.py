@@ -271,9 +271,8 @@ def _quantize_residuals(qmodel: nn.Module, qconfig: QConfig, traced: bool) -> nn
     if count == 0:
         warnings.warn("quantize: residual_bits is set but the model has no add to quantize", UserWarning,
                       stacklevel=3)
-    for attr in ("bitsmith_spec",):
-        if hasattr(qmodel, attr):
-            setattr(gm, attr, getattr(qmodel, attr))
+    if hasattr(qmodel, "bitsmith_spec"):
+        gm.bitsmith_spec = qmodel.bitsmith_spec
     gm.train(qmodel.training)
     return gm
 

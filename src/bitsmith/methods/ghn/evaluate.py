@@ -20,8 +20,7 @@ import torch
 from torch import nn
 
 from bitsmith import _config, _io
-from bitsmith.engine import TrainConfig, Trainer, evaluate_model, recalibrate_bn
-from bitsmith.engine.trainer import dataset_tensors
+from bitsmith.engine import TrainConfig, Trainer, dataset_tensors, evaluate_model, recalibrate_bn
 from bitsmith.errors import ConfigError
 from bitsmith.methods.ghn.config import GHNConfig
 from bitsmith.methods.ghn.model import GraphHyperNetwork

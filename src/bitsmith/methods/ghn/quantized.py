@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bitsmith.engine import dataset_tensors, recalibrate_bn
+from bitsmith.engine import recalibrate_bn, seeded_batches
 from bitsmith.errors import ConfigError
 from bitsmith.methods.ghn.config import parse_quant
 from bitsmith.methods.ghn.encoding import Encoding
@@ -119,18 +119,11 @@ def sample_widths(mode: tuple[int, int], bits: Sequence[int], per_layer: bool, l
     if not per_layer:
         b = int(bits[int(torch.randint(len(bits), ()))])
         return Widths(b, b)
-    draws = torch.randint(len(bits), (len(layers),)).tolist()
-    chosen = {name: int(bits[i]) for name, i in zip(layers, draws, strict=True)}
     inner = list(layers)[1:-1]
     if not inner:
         return Widths(FP, FP)
-    return Widths(FP, FP, {name: chosen[name] for name in inner})
-
-
-def _batches(data: Any, batch_size: int, count: int, seed: int) -> list[torch.Tensor]:
-    x, _ = data if isinstance(data, tuple) else dataset_tensors(data)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    return [x[order[(i * batch_size) % len(x):][:batch_size]] for i in range(count)]
+    draws = torch.randint(len(bits), (len(inner),)).tolist()
+    return Widths(FP, FP, {name: int(bits[i]) for name, i in zip(inner, draws, strict=True)})
 
 
 def predict_quantized(model: nn.Module, ghn: GraphHyperNetwork, widths: Widths | str, data: Any, *,
@@ -158,7 +151,7 @@ def calibrate_target(target: nn.Module, data: Any, *, calib_batches: int = 8, bn
     statistics again under the quantized forward; a float one gets its BN statistics recalibrated."""
     if any(isinstance(m, Quantizer) for m in target.modules()):
         recalibrate_bn(target, data, bn_batches, batch_size, seed)  # activation ranges not set yet: a float pass
-        calibrate(target, _batches(data, batch_size, calib_batches, seed + 1), num_batches=calib_batches,
+        calibrate(target, seeded_batches(data, calib_batches, batch_size, seed + 1), num_batches=calib_batches,
                   observer="mse", seed=seed)
     recalibrate_bn(target, data, bn_batches, batch_size, seed)
     return target.eval()

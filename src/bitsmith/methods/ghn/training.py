@@ -146,13 +146,13 @@ class GHNCallback(Callback):
         for arch in archs:
             arch.model.to(trainer.device)
             recalibrate_bn(arch.model, trainer.train_data, cfg.bn_batches)
+        scored = {"": [a.model for a in archs]}
+        for label in quantized:
+            scored[f"_{label.lower()}"] = [
+                predict_quantized(a.model, self.task.ghn, label, trainer.train_data, encoding=a.encoding,
+                                  first_last_bits=cfg.first_last_bits, bn_batches=cfg.bn_batches)
+                for a in archs]
         for split, data in self.eval_data.items():
-            scored = {"": [a.model for a in archs]}
-            for label in quantized:
-                scored[f"_{label.lower()}"] = [
-                    predict_quantized(a.model, self.task.ghn, label, trainer.train_data, encoding=a.encoding,
-                                      first_last_bits=cfg.first_last_bits, bn_batches=cfg.bn_batches)
-                    for a in archs]
             for suffix, models in scored.items():
                 scores = [evaluate_model(m, data, trainer.config.eval_batch_size, trainer.device)["acc"]
                           for m in models]
@@ -169,12 +169,11 @@ def evaluation_architectures(config: GHNConfig, count: int, space_name: str = sp
     return [build_architecture(spec, config) for spec in space.split("val", count, space_name)]
 
 
-def make_task(config: GHNConfig, train_cfg: GHNTrainConfig) -> GHNTask:
-    """A fresh hypernetwork (or ``train_cfg.init_from``'s weights) wrapped for training, with its architecture
-    source and evaluation architectures."""
+def make_task(config: GHNConfig, train_cfg: GHNTrainConfig, start: GraphHyperNetwork | None = None) -> GHNTask:
+    """A fresh hypernetwork (or one starting from ``start``'s weights, ``train_cfg.init_from``) wrapped for
+    training, with its architecture source and evaluation architectures."""
     ghn = GraphHyperNetwork(config)
-    if train_cfg.init_from is not None:
-        start = load_ghn(train_cfg.init_from)
+    if start is not None:
         if {**start.config.to_dict(), "bit_conditioned": config.bit_conditioned} != config.to_dict():
             raise ConfigError(f"--init-from {train_cfg.init_from}: its shape {start.config.to_dict()} differs from "
                               f"the GHN to train {config.to_dict()} (only bit_conditioned may differ)")
@@ -206,16 +205,21 @@ def train_ghn(train: TrainConfig, ghn: dict[str, Any] | None = None, train_cfg: 
               out_dir: str | Path | None = None, *, resume: bool = False, quiet: bool = False,
               callbacks: Sequence[Callback] = ()) -> tuple[GraphHyperNetwork, dict[str, Any]]:
     """Train a hypernetwork on ``train.dataset`` (its validation split scores the evaluation architectures; the
-    test split is never used). ``ghn`` holds GHNConfig fields other than the data's shape. Returns the trained
-    hypernetwork and the Trainer's final metrics; with ``out_dir`` the run folder also gets ``ghn.safetensors``."""
+    test split is never used). ``ghn`` holds GHNConfig fields other than the data's shape; with
+    ``train_cfg.init_from`` the fields not given are that GHN's. Returns the trained hypernetwork and the Trainer's
+    final metrics; with ``out_dir`` the run folder also gets ``ghn.safetensors``."""
     train_cfg = train_cfg or GHNTrainConfig()
     if train.num_threads:
         torch.set_num_threads(train.num_threads)
     train_ds, evals = build_datasets(train)
     evals = {"val": evals["val"]} if "val" in evals else {}
-    config = GHNConfig.from_dict({**(ghn or {}), **data_config(train_ds), "bit_conditioned": train_cfg.bit_conditioned})
+    start = load_ghn(train_cfg.init_from) if train_cfg.init_from is not None else None
+    inherited = {k: v for k, v in start.config.to_dict().items()
+                 if k not in ("num_classes", "in_channels", "image_size", "bit_conditioned")} if start else {}
+    config = GHNConfig.from_dict({**inherited, **(ghn or {}), **data_config(train_ds),
+                                  "bit_conditioned": train_cfg.bit_conditioned})
     torch.manual_seed(train.seed)
-    task = make_task(config, train_cfg)
+    task = make_task(config, train_cfg, start)
     info = {"dataset": train.dataset, "space_version": space.SPACE_VERSION, "train": _config.to_dict(train),
             "ghn_train": train_cfg.to_dict()}
     run_config = {"command": "ghn train", "train": _config.to_dict(train), "ghn": config.to_dict(),
