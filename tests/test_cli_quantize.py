@@ -83,6 +83,7 @@ def test_killed_qat_run_resumes_exactly(float_run, tmp_path):
     (("--method", "dorefa"), "unknown quantization method 'dorefa'"),
     (("--observer", "max"), "unknown observer 'max'"),
     (("--bits-file", "{tmp}/none.json"), "file not found"),
+    (("--residual-bits", "9"), "residual activation bit width 9 is not supported; accepted: 2..8, 16, 32"),
 ])
 def test_bad_quantize_input(float_run, tmp_path, cli, args, needle):
     args = tuple(a.replace("{tmp}", str(tmp_path)) for a in args)
