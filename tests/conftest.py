@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from bitsmith.cli.main import main
 
@@ -66,7 +67,8 @@ def _train_ghn_briefly(out, batch_size: int = 32, **ghn_train: object):
     from bitsmith.methods.ghn import GHNTrainConfig, train_ghn
 
     train = TrainConfig(model="cellnet", dataset="digits", val=True, epochs=4, batch_size=batch_size, lr=3e-3,
-                        optimizer="adamw", scheduler="cosine", grad_clip=5.0, num_threads=1, nonfinite_restores=2)
+                        optimizer="adamw", scheduler="cosine", grad_clip=5.0, num_threads=1, on_nonfinite="restore",
+                        max_nonfinite=2)
     ghn, metrics = train_ghn(train, {"hidden": 32, "decoder_hidden": 64, "rank": 16}, GHNTrainConfig(**ghn_train),
                              out, quiet=True)
     return ghn, metrics, out
@@ -78,3 +80,11 @@ def train_ghn_briefly():
     trained 4 epochs on digits through the Trainer (AdamW lr 3e-3, cosine)."""
     return _train_ghn_briefly
 
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (timing-free, reproducible sums), restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -23,12 +23,7 @@ from bitsmith.quant import QConfig, QuantAct, calibrate, quantize
 SHAPE = (1, 16, 16)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _onnx():
@@ -89,7 +84,12 @@ def test_lenet_onnx_matches_pytorch_with_integer_weights(float_run, digits, tmp_
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             codes = inits[f"{name}.weight_quantized"]
             width = module.weight_bits
-            assert codes.dtype == np.int8 and codes.shape == tuple(module.weight.shape)
+            assert codes.shape == tuple(module.weight.shape)
+            if width == 8:  # stored shifted into uint8 (zero point 128) so no CPU kernel saturates
+                assert codes.dtype == np.uint8 and (inits[f"{name}.weight_zero_point"] == 128).all()
+                codes = codes.astype(np.int16) - 128
+            else:
+                assert codes.dtype == np.int8 and (inits[f"{name}.weight_zero_point"] == 0).all()
             assert -(2 ** (width - 1)) <= codes.min() and codes.max() <= 2 ** (width - 1) - 1
             assert inits[f"{name}.weight_scale"].shape == (module.out_features if isinstance(module, nn.Linear)
                                                             else module.out_channels,)
@@ -214,7 +214,9 @@ def test_per_channel_mixed_widths_export_in_their_own_ranges(float_run, digits, 
     qmodel = _ptq(runs.load_model(float_run), x_train, overrides={"features.3": {"weight_bits": widths}})
     result = export.to_onnx(qmodel, tmp_path / "mixed.onnx", SHAPE, data=(x_test, y_test))
     _assert_parity(result.parity)
-    codes = _initializers(tmp_path / "mixed.onnx")["features.3.weight_quantized"].reshape(16, -1)
+    inits = _initializers(tmp_path / "mixed.onnx")
+    zero = inits["features.3.weight_zero_point"].astype(np.int16).reshape(16, 1)
+    codes = inits["features.3.weight_quantized"].reshape(16, -1).astype(np.int16) - zero
     for channel, width in enumerate(widths):
         assert -(2 ** (width - 1)) <= codes[channel].min() and codes[channel].max() <= 2 ** (width - 1) - 1
     assert codes[0].min() >= -2 and codes[0].max() <= 1
@@ -229,7 +231,7 @@ def test_parity_names_the_first_diverging_layer(float_run, digits):
     for init in corrupted.graph.initializer:
         if init.name == "features.3.weight_quantized":
             codes = onnx.numpy_helper.to_array(init)
-            init.CopyFrom(onnx.numpy_helper.from_array(-np.clip(codes, -127, 127), init.name))
+            init.CopyFrom(onnx.numpy_helper.from_array(np.flip(codes, axis=0).copy(), init.name))
     with pytest.raises(ParityError, match=r"first diverging layer: 'features\.3' \(conv\)"):
         export.check_parity(qmodel, corrupted, (x_test, y_test))
     changed = copy.deepcopy(qmodel)

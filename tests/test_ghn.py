@@ -180,8 +180,8 @@ def test_max_steps_and_nonfinite_rollback() -> None:
     data = torch.utils.data.TensorDataset(torch.randn(64, 1, 2, 2), torch.randint(0, 3, (64,)))
     data.num_classes = 3
     model = Flaky()
-    trainer = Trainer(model, TrainConfig(epochs=5, batch_size=8, max_steps=10, nonfinite_restores=2), data,
-                      quiet=True)
+    trainer = Trainer(model, TrainConfig(epochs=5, batch_size=8, max_steps=10, on_nonfinite="restore",
+                                         max_nonfinite=2), data, quiet=True)
     trainer.fit()
     assert trainer.global_step == 10  # optimizer steps; the 2 rolled-back batches are skipped, not counted
     assert model.calls == 12
@@ -191,7 +191,8 @@ def test_max_steps_and_nonfinite_rollback() -> None:
 
     model = Flaky()
     with pytest.raises(NonFiniteLossError, match="loss became nan"):
-        Trainer(model, TrainConfig(epochs=1, batch_size=8, nonfinite_restores=1), data, quiet=True).fit()
+        Trainer(model, TrainConfig(epochs=1, batch_size=8, on_nonfinite="restore", max_nonfinite=1), data,
+                quiet=True).fit()
 
 
 def test_architecture_source_pools_and_draws_fresh() -> None:

@@ -82,15 +82,27 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str | None = None) -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys and wrongly typed values raise ConfigError."""
-    where = where or cls.__name__
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrongly typed values raise ConfigError. A class may
+    define ``upgrade(data) -> data`` that maps keys of files written by older versions onto its current fields. With
+    ``where`` (e.g. the file the data came from), the class's own validation errors are prefixed by it too."""
+    named, where = where is not None, where or cls.__name__
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object, got {data!r}")
+    upgrade = getattr(cls, "upgrade", None)
+    if callable(upgrade):
+        data = upgrade(data)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; accepted: {', '.join(sorted(names))}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        if not named:
+            raise
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def save(cfg: Any, path: str | Path) -> Path:

@@ -107,8 +107,22 @@ def load_tensors(path: str | os.PathLike, map_location: str | torch.device = "cp
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no iterator)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable {what} ({first})") from None
+        raise CheckpointError(f"{path}: not a readable {what} ({first}){_pickle_hint(path)}") from None
     return tensors, meta
+
+
+def _pickle_hint(path: str | os.PathLike) -> str:
+    """Why a pickle or ``torch.save`` file is refused rather than loaded (empty for any other file)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return ""
+    if head.startswith(b"PK\x03\x04"):
+        return "; it is a zip archive (as torch.save writes) whose pickle could run code: only safetensors are read"
+    if head[:1] == b"\x80":
+        return "; it is a Python pickle (e.g. torch.save), which could run code: only safetensors are read"
+    return ""
 
 
 def savefig(path: str | os.PathLike, fig: Any, **kwargs: Any) -> Path:

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import click
 from rich.console import Console
 
 from bitsmith.errors import BitsmithError
@@ -30,6 +31,20 @@ def check_writable_out(out: Path) -> Path:
     except OSError as exc:
         raise BitsmithError(f"--out {out} is not writable ({exc.strerror})") from None
     return out
+
+
+def given_options(*names: str) -> list[str]:
+    """Those of the parameters ``names`` that the user set on the command line (not left at their defaults), so a
+    command can refuse an option that does not apply instead of silently ignoring it; empty outside a command."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return []
+    return [n for n in names if ctx.get_parameter_source(n) not in (None, click.core.ParameterSource.DEFAULT)]
+
+
+def flags(names: list[str]) -> str:
+    """Parameter names as the command line spells them: ``data_root`` -> ``--data-root``."""
+    return ", ".join(f"--{n.replace('_', '-')}" for n in names)
 
 
 def percent(x: float) -> str:
@@ -76,6 +91,10 @@ def method_base(source: Path | None, *, model: str, dataset: str, data_root: Pat
         return base, {"epochs": 30, "lr": 1e-3, "scheduler": "none"}
     if not source.is_dir():
         raise BitsmithError(f"--from {source}: no such run directory")
+    ignored = given_options("model", "dataset", "data_root")
+    if ignored:
+        raise BitsmithError(f"{flags(ignored)} conflict{'s' if len(ignored) == 1 else ''} with --from {source}, which "
+                            "starts from that run's model and dataset; give one or the other")
     return None, {"epochs": 10, "lr": 1e-4, "scheduler": "cosine"}
 
 

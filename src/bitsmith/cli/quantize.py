@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from bitsmith.cli._common import check_writable_out, console, percent
+from bitsmith.cli._common import check_writable_out, console, flags, given_options, percent
 from bitsmith.engine import distributed
 from bitsmith.errors import BitsmithError
 
@@ -40,6 +40,8 @@ def quantize_cmd(
 
     if bits_file is not None and not bits_file.is_file():
         raise BitsmithError(f"--bits-file {bits_file}: file not found")
+    if bits_file is not None and given_options("wbits", "abits"):
+        raise BitsmithError(f"use either {flags(given_options('wbits', 'abits'))} or --bits-file, not both")
     common = {"method": method, "per_channel": per_channel, "fold_bn": fold_bn,
               "first_last_bits": first_last_bits or None, "residual_bits": residual_bits or None}
     if bits_file is not None:

@@ -1,5 +1,6 @@
 """Training and evaluation: the one Trainer, its callbacks, checkpoints, resume, seeding and DDP support."""
 
+from bitsmith.engine import faults
 from bitsmith.engine.batchnorm import recalibrate_bn, seeded_batches
 from bitsmith.engine.callbacks import Callback
 from bitsmith.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -20,6 +21,8 @@ from bitsmith.engine.trainer import (
 )
 
 evaluate = evaluate_model
+
+faults.arm_from_env()  # test-only kill points (BITSMITH_KILL_AT); a no-op when it is unset
 
 __all__ = [
     "CHECKPOINT_FILE", "CONFIG_FILE", "METRICS_FILE", "Callback", "NonFiniteLossError", "TrainConfig", "TrainResult",

@@ -70,10 +70,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if meta.get("format") != FORMAT or STATE_KEY not in meta:
         raise CheckpointError(f"{path}: not a bitsmith checkpoint (format {meta.get('format')!r}; expected {FORMAT!r})")
     try:
-        skeleton = json.loads(meta[STATE_KEY])
-        return _join(skeleton, tensors)
-    except (json.JSONDecodeError, KeyError) as exc:
+        state = _join(json.loads(meta[STATE_KEY]), tensors)
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{path}: checkpoint state is corrupt ({exc})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: checkpoint state is corrupt (a JSON {type(state).__name__}, not an object)")
+    return state
 
 
 def model_state(state: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -10,11 +10,17 @@ from bitsmith.errors import ConfigError
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
+NONFINITE_ACTIONS = ("stop", "skip", "restore")
 
 
 @dataclass
 class TrainConfig:
-    """What to train on what, and how. Defaults follow the reference recipe of BENCHMARK_PROTOCOL.md."""
+    """What to train on what, and how. Defaults follow the reference recipe of BENCHMARK_PROTOCOL.md.
+
+    ``on_nonfinite`` says what a NaN/Inf loss or gradient does: "stop" ends the run (its checkpoint stays the last
+    good epoch), "skip" drops that step (no update) and goes on, "restore" rolls the model and optimizer back to the
+    last good epoch's state and goes on; after ``max_nonfinite`` skipped or restored steps the next one stops the run.
+    """
 
     model: str = "lenet5"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -39,7 +45,8 @@ class TrainConfig:
     num_threads: int | None = None
     eval_batch_size: int = 512
     max_steps: int | None = None
-    nonfinite_restores: int = 0
+    on_nonfinite: str = "stop"
+    max_nonfinite: int = 10
 
     def __post_init__(self) -> None:
         self.validate()
@@ -72,7 +79,24 @@ class TrainConfig:
             raise ConfigError(f"num threads must be a positive integer, got {self.num_threads}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ConfigError(f"max steps must be a positive integer (or unset), got {self.max_steps}")
-        if self.nonfinite_restores < 0:
-            raise ConfigError(f"nonfinite restores must be >= 0, got {self.nonfinite_restores}")
+        if self.on_nonfinite not in NONFINITE_ACTIONS:
+            raise ConfigError(f"unknown on_nonfinite action {self.on_nonfinite!r}; accepted: "
+                              f"{', '.join(NONFINITE_ACTIONS)}")
+        if self.max_nonfinite < 0:
+            raise ConfigError(f"max nonfinite must be >= 0, got {self.max_nonfinite}")
         if self.image_size is not None and self.image_size <= 0:
             raise ConfigError(f"image size must be a positive integer, got {self.image_size}")
+
+    @classmethod
+    def upgrade(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` (a config.json ``train`` section) with the keys of older versions mapped onto today's fields, so
+        old runs still resume: ``nonfinite_restores: N`` became ``on_nonfinite: "restore"`` with ``max_nonfinite: N``
+        (N = 0: "stop")."""
+        if "nonfinite_restores" not in data:
+            return data
+        data = dict(data)
+        restores = data.pop("nonfinite_restores")
+        if isinstance(restores, int) and not isinstance(restores, bool) and restores > 0:
+            data.setdefault("on_nonfinite", "restore")
+            data.setdefault("max_nonfinite", restores)
+        return data

@@ -28,10 +28,12 @@ from bitsmith.errors import BitsmithError, CheckpointError
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.safetensors"
+#: metrics records of steps dropped after a non-finite loss or gradient (``TrainConfig.on_nonfinite``)
+NONFINITE_RECORDS = ("skip", "restore")
 
 
 class NonFiniteLossError(BitsmithError):
-    """The loss became NaN or infinite; the last checkpoint on disk is the last good state."""
+    """The loss, a gradient or a weight became NaN or infinite; the last checkpoint on disk is the last good state."""
 
 
 def dataset_tensors(data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +120,8 @@ class Trainer:
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.ddp_model: nn.Module | None = None
         self._good_state: dict[str, Any] | None = None
-        self._restores = 0
+        self._nonfinite = 0
+        self._saved_epoch = 0
 
     # -- construction ---------------------------------------------------------------------------------------
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -169,8 +172,16 @@ class Trainer:
         }
 
     def _save(self) -> None:
+        """Checkpoint first, then metrics.jsonl: the metrics on disk never run ahead of the checkpoint."""
+        self._check_weights()
         if self.out_dir is not None and dist.is_main():
             save_checkpoint(self.out_dir / CHECKPOINT_FILE, self.checkpoint_state())
+            self._write_metrics()
+        self._saved_epoch = self.epoch + 1
+
+    def _write_metrics(self) -> None:
+        """metrics.jsonl from the history in memory (rank 0, atomically)."""
+        if self.out_dir is not None and dist.is_main():
             _io.write_text(self.out_dir / METRICS_FILE, "".join(jsonl_line(r) for r in self.history))
 
     def _restore(self) -> int:
@@ -195,6 +206,10 @@ class Trainer:
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise CheckpointError(f"{self.out_dir / CHECKPOINT_FILE}: cannot resume from it ({msg})") from None
+        self._nonfinite = sum(r.get("type") in NONFINITE_RECORDS for r in self.history)
+        self._saved_epoch = epoch + 1
+        # a crash between the checkpoint and the metrics write leaves metrics.jsonl one epoch behind: catch it up
+        self._write_metrics()
         return epoch + 1
 
     def _prepare_out_dir(self, resume: bool) -> None:
@@ -275,30 +290,64 @@ class Trainer:
         return result
 
     def _remember_good_state(self) -> None:
-        """Keep an in-memory copy of model and optimizer state to roll back to after a non-finite loss."""
-        if self.config.nonfinite_restores and self.optimizer is not None:
+        """Keep an in-memory copy of model and optimizer state to roll back to after a non-finite step."""
+        if self.config.on_nonfinite == "restore" and self.optimizer is not None:
             self._good_state = copy.deepcopy({"model": self.model.state_dict(),
                                               "optimizer": self.optimizer.state_dict()})
 
     def _finite(self, value: float, epoch: int, what: str = "loss") -> bool:
-        """True if ``value`` is finite (on every rank). Otherwise roll back to the last good state and skip the
-        batch while ``nonfinite_restores`` lasts, then raise NonFiniteLossError."""
+        """True if ``value`` is finite (on every rank). Otherwise act as ``config.on_nonfinite`` says: drop the step
+        ("skip"), or roll back to the last good state and drop it ("restore"), and return False; or, with "stop"
+        or once ``max_nonfinite`` steps were dropped, raise NonFiniteLossError."""
+        cfg = self.config
         bad = dist.all_reduce_sum([0.0 if math.isfinite(value) else 1.0], self.device)[0] \
-            if self.config.nonfinite_restores and dist.world_size() > 1 else float(not math.isfinite(value))
+            if cfg.on_nonfinite != "stop" and dist.world_size() > 1 else float(not math.isfinite(value))
         if not bad:
             return True
         assert self.optimizer is not None
-        if self._restores >= self.config.nonfinite_restores or self._good_state is None:
-            raise NonFiniteLossError(
-                f"{what} became {value} at epoch {epoch + 1}, step {self.global_step}; "
-                "the last checkpoint in the run directory is the last good state (try a lower learning rate)")
-        self._restores += 1
-        self.model.load_state_dict(self._good_state["model"])
-        self.optimizer.load_state_dict(self._good_state["optimizer"])
+        if cfg.on_nonfinite == "stop" or self._nonfinite >= cfg.max_nonfinite:
+            raise NonFiniteLossError(self._stop_message(f"{what} became {value} at epoch {epoch + 1}, step "
+                                                        f"{self.global_step + 1}"))
+        self._nonfinite += 1
+        if cfg.on_nonfinite == "restore" and self._good_state is not None:
+            self.model.load_state_dict(self._good_state["model"])
+            self.optimizer.load_state_dict(self._good_state["optimizer"])
         self.optimizer.zero_grad(set_to_none=True)
-        self.history.append({"type": "restore", "epoch": epoch + 1, "step": self.global_step, "what": what,
-                             "restores": self._restores})
+        self.history.append({"type": cfg.on_nonfinite, "epoch": epoch + 1, "step": self.global_step, "what": what,
+                             "count": self._nonfinite})
         return False
+
+    def _stop_message(self, event: str) -> str:
+        """One line: what went wrong, what the run directory still holds, what to try."""
+        cfg = self.config
+        if cfg.on_nonfinite != "stop":
+            event += f", after {self._nonfinite} dropped step(s) (max_nonfinite {cfg.max_nonfinite})"
+        if self.out_dir is None:
+            kept = "no run directory was written"
+        elif self._saved_epoch:
+            kept = f"{self.out_dir / CHECKPOINT_FILE} holds epoch {self._saved_epoch}, the last good state"
+        else:
+            kept = "no checkpoint was written (the first epoch did not finish)"
+        return (f"training stopped: {event}; {kept} (lower the learning rate or clip gradients; "
+                "--on-nonfinite skip drops such steps instead)")
+
+    def _grad_norm(self) -> float:
+        """The total 2-norm of every gradient (NaN or Inf if any entry is), to tell a bad step before it is taken."""
+        grads = [p.grad.detach() for p in self.model.parameters() if p.grad is not None]
+        if not grads:
+            return 0.0
+        total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6: one fused kernel
+        if total_norm is not None:
+            return float(total_norm(grads))
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
+    def _check_weights(self) -> None:
+        """Refuse to checkpoint non-finite weights: the checkpoint on disk must stay the last good state."""
+        bad = [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise NonFiniteLossError(self._stop_message(
+                f"weights {', '.join(bad[:3])}{more} became non-finite in epoch {self.epoch + 1} (not checkpointed)"))
 
     def _train_epoch(self, epoch: int, x_all: torch.Tensor, y_all: torch.Tensor,
                      batches: list[torch.Tensor], bar: EpochProgress) -> dict[str, Any]:
@@ -330,6 +379,8 @@ class Trainer:
             if not self._finite(loss_value, epoch):
                 continue
             loss.backward()
+            if not self._finite(self._grad_norm(), epoch, "gradient norm"):
+                continue
             for cb in self.callbacks:
                 cb.after_backward(self)
             if cfg.grad_clip is not None:

@@ -134,8 +134,13 @@ class _Emitter:
     def dequantized(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, code_range: tuple[int, int],
                     base: str, what: str, axis: int = 0) -> str:
         """Integer ``codes`` (in ``code_range``) stored as an int8/uint8 initializer behind DequantizeLinear (per
-        axis 0 when ``scale`` has one entry per channel)."""
+        axis 0 when ``scale`` has one entry per channel). Signed codes wider than 7 bits are stored shifted into
+        uint8 (zero point + 128; the same values): onnxruntime's u8s8 integer kernels on CPUs without VNNI sum
+        pairs of products in saturating 16-bit arithmetic and get 8-bit signed weights wrong, its u8u8 kernels
+        do not."""
         _, dtype = _storage(*code_range, what)
+        if dtype == np.int8 and (code_range[0] < -64 or code_range[1] > 63):
+            codes, zero, dtype = codes + 128, zero + 128, np.uint8
         per_channel = scale.numel() > 1
         shape: tuple[int, ...] = (-1,) if per_channel else ()
         c = self.const(f"{base}_quantized", codes.numpy().astype(dtype))

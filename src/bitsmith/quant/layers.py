@@ -91,7 +91,8 @@ class _QuantLayer:
         if not self._bias_is_quantized():
             return None
         codes = torch.round(self.bias / self.bias_scale().to(self.bias.dtype)).clamp_(INT32_MIN, INT32_MAX)
-        return self._masked(codes).long()
+        # in float32 INT32_MAX rounds up to 2**31, which would wrap to -2**31 as an int32: clamp the integers too
+        return self._masked(codes).long().clamp_(INT32_MIN, INT32_MAX)
 
     def quantized_bias(self) -> torch.Tensor | None:
         """The bias used in the forward pass: int32-quantized in eval mode, float (masked) in training mode."""

@@ -55,6 +55,12 @@ class CGMQCallback(Callback):
         epochs = trainer.config.epochs
         return epochs - int(round(self.config.freeze_fraction * epochs)) if epochs > 1 else epochs
 
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """The BOPs of the gates the model holds now: after a resume those of the checkpoint, not of the fresh model
+        the callback was built with (the trajectory of a resumed frozen phase records them)."""
+        with torch.no_grad():
+            self.current = float(self.constraint.bops())
+
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         """Entering the frozen phase: project onto the bound first, so the widths trained on are final."""
         frozen = epoch >= self._freeze_epoch(trainer)

@@ -174,9 +174,12 @@ def make_task(config: GHNConfig, train_cfg: GHNTrainConfig, start: GraphHyperNet
     training, with its architecture source and evaluation architectures."""
     ghn = GraphHyperNetwork(config)
     if start is not None:
-        if {**start.config.to_dict(), "bit_conditioned": config.bit_conditioned} != config.to_dict():
-            raise ConfigError(f"--init-from {train_cfg.init_from}: its shape {start.config.to_dict()} differs from "
-                              f"the GHN to train {config.to_dict()} (only bit_conditioned may differ)")
+        have, want = start.config.to_dict(), config.to_dict()
+        differ = [f"{k} {have.get(k)!r} vs {value!r}" for k, value in want.items()
+                  if k != "bit_conditioned" and have.get(k) != value]
+        if differ:
+            raise ConfigError(f"--init-from {train_cfg.init_from}: its shape differs from the GHN to train "
+                              f"({', '.join(differ)}; only bit_conditioned may differ)")
         ghn.load_state_dict(start.state_dict())
     return GHNTask(ghn, ArchitectureSource(config, train_cfg.pool, train_cfg.space), train_cfg.meta_batch,
                    evaluation_architectures(config, train_cfg.eval_archs, train_cfg.space), train_cfg)
@@ -195,8 +198,8 @@ def recipe(dataset: str, **changes: Any) -> TrainConfig:
     non-finite roll-backs; the protocol's batch: 64 on digits, 128 on Fashion-MNIST), with ``changes`` on top."""
     fields: dict[str, Any] = {
         "model": "cellnet", "dataset": dataset, "val": True, "epochs": 120, "lr": 1e-3, "optimizer": "adamw",
-        "weight_decay": 1e-5, "scheduler": "cosine", "grad_clip": 5.0, "nonfinite_restores": 5,
-        "batch_size": 128 if dataset == "fashion-mnist" else 64,
+        "weight_decay": 1e-5, "scheduler": "cosine", "grad_clip": 5.0, "on_nonfinite": "restore",
+        "max_nonfinite": 5, "batch_size": 128 if dataset == "fashion-mnist" else 64,
     }
     return TrainConfig(**{**fields, **{k: v for k, v in changes.items() if v is not None}})
 
