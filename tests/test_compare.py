@@ -64,3 +64,67 @@ def test_cli_compare_and_report(cli, float_run, ptq_runs, tmp_path) -> None:
     assert "Cost per sample" in (ptq_runs["w2-s0"] / "report.md").read_text()
     code, _, stderr = cli("compare", str(tmp_path / "nothing"))
     assert code == 2 and "no such run directory" in stderr and "Traceback" not in stderr
+
+
+def test_report_html_and_bit_width_chart_of_a_quantized_run(ptq_runs) -> None:
+    from bitsmith.report.run_report import BITS_FILE, HTML_FILE
+
+    run = ptq_runs["w2-s0"]
+    runs.write_run_report(run)
+    markdown = (run / "report.md").read_text()
+    page = (run / HTML_FILE).read_text()
+    assert "## Bit widths per layer" in markdown and f"![bit widths]({BITS_FILE})" in markdown
+    assert (run / BITS_FILE).stat().st_size > 1000
+    assert page.startswith("<!DOCTYPE html>") and f'src="{BITS_FILE}"' in page
+    assert page.count("<table>") == markdown.count("\n| --- ") and "<h2>Cost per sample (per layer)</h2>" in page
+
+
+def test_markdown_subset_renders_escaped() -> None:
+    from bitsmith.report import markdown_to_html
+
+    page = markdown_to_html("# T <x>\n\npara **bold** `a<b`\n\n| a | b |\n| --- | ---: |\n| 1 | 2 |\n\n```\n<raw>\n```")
+    assert "<h1>T &lt;x&gt;</h1>" in page and "<strong>bold</strong>" in page and "<code>a&lt;b</code>" in page
+    assert '<td>1</td><td class="num">2</td>' in page and "&lt;raw&gt;" in page and "<raw>" not in page
+
+
+def test_learned_widths_are_costed_from_the_trained_checkpoint(tmp_path) -> None:
+    """A CGMQ run's BOPs in its report and in `compare` are those of its learned gates, not of the untrained model."""
+    from bitsmith.methods.cgmq import CGMQConfig
+
+    out = tmp_path / "cgmq"
+    base = runs.TrainConfig(model="lenet5", dataset="digits", num_threads=1)
+    metrics = runs.method_run("cgmq", CGMQConfig(bop_budget=0.1, relative_to="w8a8", granularity="channel"), out,
+                              base=base, quiet=True, epochs=1, lr=1e-3)
+    assert runs.run_cost(out).total_bops == pytest.approx(metrics["bops"])
+    assert runs.run_cost(out).total_bops <= metrics["bops_bound"]
+    runs.write_run_report(out)
+    assert "Filters of" in (out / "report.md").read_text()
+
+
+def test_ring_and_prediction_sections(tmp_path) -> None:
+    from bitsmith.methods.rpg import RPGConfig
+
+    out = tmp_path / "rpg"
+    base = runs.TrainConfig(model="lenet5", dataset="digits", num_threads=1)
+    runs.method_run("rpg", RPGConfig(dof_ratio=0.1), out, base=base, quiet=True, epochs=1)
+    runs.write_run_report(out)
+    text = (out / "report.md").read_text()
+    assert "## RPG ring" in text and "free scalars generates" in text and (out / "layer_params.png").is_file()
+    assert "## Bit widths per layer" not in text
+
+
+def test_learned_fields_and_sweep_labels_do_not_split_seeds() -> None:
+    """Widths a search learned differ between seeds but are outcomes, not settings: its seeds form one row."""
+    from bitsmith.report.compare import RunPoint, _flatten
+
+    def point(seed: int, widths: list[int], label: tuple[str, str] | None = None) -> RunPoint:
+        config = {"command": "search", "train": {"model": "lenet5", "seed": seed}, "learned": ["quantize"],
+                  "search": {"budget": 0.25},
+                  "model_transforms": [{"name": "quantize", "config": {"overrides": {"fc": widths}}}]}
+        return RunPoint(run=f"r{seed}", command="search", model="lenet5", dataset="digits", seed=seed, acc=0.9,
+                        bops=10, size_kib=1.0, dof=5, fields=_flatten(config), label=label)
+
+    groups = group_points([point(0, [2, 4]), point(1, [8, 2])])
+    assert len(groups) == 1 and groups[0].setting == "-" and len(groups[0].points) == 2
+    labelled = group_points([point(0, [2], ("dnas", "budget0.25")), point(1, [4], ("dnas", "budget0.25"))])
+    assert [(g.command, g.setting, len(g.points)) for g in labelled] == [("dnas", "budget0.25", 2)]

@@ -209,6 +209,9 @@ def test_cli_predict_quantized_writes_a_run_that_rebuilds_and_finetunes(qat_ghn,
                                "1", "--quiet", "--out", str(tmp_path / "ft"))
     assert code == 0, stderr
     assert "after 1 epoch(s) of QAT fine-tuning" in stdout
+    report = (tmp_path / "ft" / "report.md").read_text()
+    assert "## GHN prediction" in report and "After 1 epoch(s) of fine-tuning" in report
+    assert (tmp_path / "ft" / "predicted_vs_trained.png").is_file() and (out / "report.html").is_file()
 
 
 @pytest.mark.parametrize(("args", "message"), [

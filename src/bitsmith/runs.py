@@ -30,7 +30,7 @@ from bitsmith.engine import (
     save_run,
     train,
 )
-from bitsmith.errors import CheckpointError
+from bitsmith.errors import CheckpointError, ConfigError
 
 
 def _quantize_transform(model: nn.Module, config: dict[str, Any], input_shape: tuple[int, ...]) -> nn.Module:
@@ -103,12 +103,26 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
     cfg = _io.read_json(path, "run config", CheckpointError)
     if not isinstance(cfg, dict) or "train" not in cfg:
         raise CheckpointError(f"{path}: not a bitsmith run config (no 'train' section)")
+    _check_steps(cfg.get("model_transforms", []), path)
     return cfg
+
+
+def _check_steps(steps: Any, path: Path) -> None:
+    """Refuse a ``model_transforms`` entry that is not a list of ``{"name": known, "config": {...}}`` steps."""
+    if not isinstance(steps, list):
+        raise CheckpointError(f"{path}: model_transforms must be a list of steps, got {type(steps).__name__}")
+    for i, step in enumerate(steps):
+        if not isinstance(step, dict) or not isinstance(step.get("config", {}), dict):
+            raise CheckpointError(f"{path}: model_transforms[{i}] must be an object {{\"name\": ..., \"config\": "
+                                  f"{{...}}}}, got {step!r}")
+        if step.get("name") not in TRANSFORMS:
+            named = f"names unknown transform {step['name']!r}" if "name" in step else "has no \"name\""
+            raise CheckpointError(f"{path}: model_transforms[{i}] {named}; known: {', '.join(sorted(TRANSFORMS))}")
 
 
 def train_config(run_dir: str | Path) -> TrainConfig:
     """The TrainConfig a run was trained with."""
-    return _config.from_dict(TrainConfig, read_config(run_dir)["train"], where=f"{run_dir}/{CONFIG_FILE}")
+    return _config.from_dict(TrainConfig, read_config(run_dir)["train"], where=f"{Path(run_dir) / CONFIG_FILE}: train")
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -132,21 +146,28 @@ def _transform(name: str) -> Callable[..., nn.Module]:
     return TRANSFORMS[name]
 
 
-def apply_transforms(model: nn.Module, steps: list[dict[str, Any]], input_shape: tuple[int, ...]) -> nn.Module:
-    """``model`` after the recorded ``model_transforms`` steps (each ``{"name": ..., "config": {...}}``), in order."""
-    for step in steps:
-        model = _transform(step["name"])(model, step.get("config", {}), input_shape)
+def apply_transforms(model: nn.Module, steps: list[dict[str, Any]], input_shape: tuple[int, ...],
+                     where: str = "model_transforms") -> nn.Module:
+    """``model`` after the recorded ``model_transforms`` steps (each ``{"name": ..., "config": {...}}``), in order; a
+    bad step config raises ConfigError prefixed by ``where`` and the step's index."""
+    for i, step in enumerate(steps):
+        try:
+            model = _transform(step["name"])(model, step.get("config", {}), input_shape)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}[{i}] ({step['name']}): {exc}") from None
     return model
 
 
 def build_run_model(run_dir: str | Path) -> tuple[nn.Module, TrainConfig, Any]:
     """The untrained model of a run (zoo model plus its recorded transforms), its TrainConfig and training data."""
     cfg_dict = read_config(run_dir)
-    cfg = _config.from_dict(TrainConfig, cfg_dict["train"], where=f"{run_dir}/{CONFIG_FILE}")
+    path = Path(run_dir) / CONFIG_FILE
+    cfg = _config.from_dict(TrainConfig, cfg_dict["train"], where=f"{path}: train")
     train_ds = load_split(cfg, "train")
     model = build_model(cfg, train_ds)
     input_shape = (train_ds.in_channels, *train_ds.image_size)
-    return apply_transforms(model, cfg_dict.get("model_transforms", []), input_shape), cfg, train_ds
+    steps = cfg_dict.get("model_transforms", [])
+    return apply_transforms(model, steps, input_shape, where=f"{path}: model_transforms"), cfg, train_ds
 
 
 def run_callbacks(run_dir: str | Path, model: nn.Module, train_ds: Any) -> list[Callback]:
@@ -187,14 +208,28 @@ def run_finished(run_dir: str | Path) -> bool:
 
 def load_model(run_dir: str | Path) -> nn.Module:
     """The trained model of a run, rebuilt from its config and loaded from its checkpoint (data only, no code)."""
-    model, _, _ = build_run_model(run_dir)
-    state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE)
+    return _trained(run_dir)[0]
+
+
+def _trained(run_dir: str | Path) -> tuple[nn.Module, tuple[int, ...]]:
+    """The trained model of a run (in eval mode) and the shape of one input sample."""
+    model, _, train_ds = build_run_model(run_dir)
+    path = Path(run_dir) / CHECKPOINT_FILE
+    weights = load_checkpoint(path).get("model")
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{path}: checkpoint holds no model state")
     try:
-        model.load_state_dict(state["model"])
-    except (KeyError, RuntimeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{run_dir}: checkpoint does not match the run's model ({first})") from None
-    return model.eval()
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: checkpoint does not match the run's model ({_load_problem(exc)})") from None
+    return model.eval(), (train_ds.in_channels, *train_ds.image_size)
+
+
+def _load_problem(exc: BaseException) -> str:
+    """The first two problems torch's ``load_state_dict`` reports (missing/unexpected names, a shape), shortened."""
+    lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+    lines = lines or [str(exc).strip() or type(exc).__name__]
+    return "; ".join(line if len(line) <= 200 else line[:197] + "..." for line in lines[:2])
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, float]:
@@ -205,25 +240,91 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, float]:
 
 
 def run_cost(run_dir: str | Path) -> Any:
-    """The per-layer cost (``bitsmith.cost.CostReport``) of a run's model at the bit widths it computes with."""
+    """The per-layer cost (``bitsmith.cost.CostReport``) of a run's trained model at the bit widths it computes
+    with (learned widths, such as CGMQ's gates, are read from the checkpoint)."""
     from bitsmith.cost import model_cost
+
+    model, input_shape = _trained(run_dir)
+    return model_cost(model, input_shape, bits=run_bits(model))
+
+
+def run_bits(model: nn.Module) -> Any:
+    """The bit widths (``BitsAssignment``) a run's model computes with, or None for a float model."""
     from bitsmith.quant import bits_assignment
     from bitsmith.quant.layers import QuantConv2d, QuantLinear
 
-    model, _, train_ds = build_run_model(run_dir)
-    input_shape = (train_ds.in_channels, *train_ds.image_size)
     quantized = any(isinstance(m, (QuantConv2d, QuantLinear)) for m in model.modules())
-    return model_cost(model, input_shape, bits=bits_assignment(model) if quantized else None)
+    return bits_assignment(model) if quantized else None
 
 
 def write_run_report(run_dir: str | Path) -> Path:
-    """Write the run's ``report.md``: metrics, learning curves and the per-layer cost table."""
-    from bitsmith.report import cost_markdown, write_report
+    """Write the run's ``report.md`` and ``report.html``: metrics, learning curves, the per-layer cost table, the
+    bit widths per layer and filter, and each method's own section and figure."""
+    from bitsmith.cost import model_cost
+    from bitsmith.report import cost_markdown, plot_bit_widths, write_report
+    from bitsmith.report.run_report import BITS_FILE
 
-    sections = [("Cost per sample (per layer)", cost_markdown(run_cost(run_dir)))]
-    sections += _bound_sections(Path(run_dir))
-    sections += _search_sections(Path(run_dir))
+    run_dir = Path(run_dir)
+    model, input_shape = _trained(run_dir)
+    bits = run_bits(model)
+    cost = model_cost(model, input_shape, bits=bits)
+    sections = [("Cost per sample (per layer)", cost_markdown(cost))]
+    if bits is not None:
+        plot_bit_widths(cost, bits, run_dir / BITS_FILE)
+        mixed = [name for name, layer in bits.layers.items()
+                 if (isinstance(layer.weight_bits, list) and len(set(layer.weight_bits)) > 1)
+                 or (layer.keep is not None and 0 in layer.keep)]
+        note = (f"Filters of {len(mixed)} layer(s) differ in width or are pruned: {', '.join(mixed)}." if mixed
+                else "Every filter of a layer has the same width.")
+        sections.append(("Bit widths per layer", f"{note}\n\n![bit widths]({BITS_FILE})"))
+    sections += _bound_sections(run_dir)
+    sections += _search_sections(run_dir)
+    sections += _ring_sections(run_dir, model, cost)
+    sections += _predicted_sections(run_dir)
     return write_report(run_dir, sections=sections)
+
+
+def _ring_sections(run_dir: Path, model: nn.Module, cost: Any) -> list[tuple[str, str]]:
+    """Report section of an RPG run: the ring, what it generates, DoF against parameters (and the DoF curve of the
+    RPG sweep the run belongs to, if any)."""
+    from bitsmith.methods import rpg
+    from bitsmith.report import plot_layer_params
+    from bitsmith.report.run_report import PARAMS_FILE
+
+    generated = {name for name, _ in rpg.generated_layers(model)}
+    if not generated:
+        return []
+    ring = rpg.get_ring(model).dof
+    made = sum(c.params for c in cost.layers if c.name in generated)
+    plot_layer_params(cost, generated, ring, run_dir / PARAMS_FILE)
+    lines = [f"A ring of {ring:,} free scalars generates the {made:,} weights of {len(generated)} layer(s) "
+             f"(DoF ratio {ring / made:.4g}); with what it does not generate the model has {cost.dof:,} degrees "
+             f"of freedom for {cost.total_params:,} parameters.", "", f"![parameters per layer]({PARAMS_FILE})"]
+    sweep_plot = run_dir.parent.parent / "sweep.png"
+    if sweep_plot.is_file() and (run_dir.parent.parent / "sweep.json").is_file():
+        lines += ["", "Accuracy against the DoF ratio in the sweep this run belongs to:", "",
+                  "![DoF curve](../../sweep.png)"]
+    return [("RPG ring", "\n".join(lines))]
+
+
+def _predicted_sections(run_dir: Path) -> list[tuple[str, str]]:
+    """Report section of a run whose parameters a GHN predicted: predicted accuracy, then fine-tuned."""
+    from bitsmith.report import plot_predicted
+    from bitsmith.report.run_report import PREDICTED_FILE
+
+    config = read_config(run_dir)
+    if "predicted_test_acc" not in config:
+        return []
+    predicted = float(config["predicted_test_acc"])
+    history = read_metrics(run_dir)
+    final = final_run_metrics(run_dir)
+    lines = [f"Parameters predicted by the GHN `{config.get('ghn')}` at {config.get('widths', '?')}: test accuracy "
+             f"{100 * predicted:.2f} %."]
+    if any(r.get("type") == "epoch" for r in history) and "test_acc" in final:
+        plot_predicted(predicted, history, run_dir / PREDICTED_FILE)
+        lines += [f"After {final['epoch']} epoch(s) of fine-tuning: {100 * final['test_acc']:.2f} %.", "",
+                  f"![predicted, then trained]({PREDICTED_FILE})"]
+    return [("GHN prediction", "\n".join(lines))]
 
 
 def _bound_sections(run_dir: Path) -> list[tuple[str, str]]:
@@ -304,13 +405,15 @@ def quantize_run(source: str | Path, qconfig: Any, out: str | Path, *, epochs: i
 
 
 def method_run(transform: str, config: Any, out: str | Path, *, source: str | Path | None = None,
-               base: TrainConfig | None = None, quiet: bool = False, **overrides: Any) -> dict[str, Any]:
+               base: TrainConfig | None = None, quiet: bool = False, record: dict[str, Any] | None = None,
+               **overrides: Any) -> dict[str, Any]:
     """Train a model transformed by ``TRANSFORMS[transform]`` with ``config`` (a dataclass with ``to_dict``)
     into a new run at ``out``; returns its final metrics.
 
     The model is the trained float model of run ``source`` (its recipe is the base), or, without ``source``, a
     fresh zoo model of ``base`` (training from scratch). ``overrides`` replace TrainConfig fields (epochs, lr,
-    ...). The run records the transform, so it re-builds, resumes (``bitsmith train --resume``) and reports.
+    ...). The run records the transform, so it re-builds, resumes (``bitsmith train --resume``) and reports;
+    ``record`` adds (or replaces) top-level entries of its config.json, such as the command that made it.
     """
     import dataclasses
 
@@ -328,5 +431,6 @@ def method_run(transform: str, config: Any, out: str | Path, *, source: str | Pa
     model = TRANSFORMS[transform](model, config.to_dict(), input_shape)
     callbacks = CALLBACKS[transform](model, config.to_dict(), input_shape) if transform in CALLBACKS else []
     run_config = {"command": transform, "from": None if source is None else str(source),
-                  "train": _config.to_dict(cfg), "model_transforms": [{"name": transform, "config": config.to_dict()}]}
+                  "train": _config.to_dict(cfg), "model_transforms": [{"name": transform, "config": config.to_dict()}],
+                  **(record or {})}
     return train(cfg, out, model=model, run_config=run_config, callbacks=callbacks, quiet=quiet).metrics

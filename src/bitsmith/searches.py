@@ -44,12 +44,16 @@ def _reused(out: Path, quiet: bool, start: Callable[[], dict[str, Any]]) -> dict
 
 
 def _run(transform: str, config: Any, out: Path, *, source: Path | None, base: TrainConfig | None, quiet: bool,
-         resume: bool, **overrides: Any) -> dict[str, Any]:
+         resume: bool, record: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
     """One phase as a run: with ``resume``, reuse it when finished and resume it when interrupted; else train it."""
     def start() -> dict[str, Any]:
-        return runs.method_run(transform, config, out, source=source, base=base, quiet=quiet, **overrides)
+        return runs.method_run(transform, config, out, source=source, base=base, quiet=quiet, record=record,
+                               **overrides)
 
-    return _reused(out, quiet, start) if resume else start()
+    metrics = _reused(out, quiet, start) if resume else start()
+    if not (out / "report.md").is_file():
+        runs.write_run_report(out)
+    return metrics
 
 
 def _base(source: Path | None, base: TrainConfig | None) -> TrainConfig:
@@ -93,9 +97,12 @@ def dnas_search(config: Any, out: str | Path, *, source: str | Path | None = Non
     qconfig = QConfig.from_bits(derivation.bits, fold_bn=config.prune and dnas.has_batchnorm(architecture))
 
     t1 = time.perf_counter()
+    # the retrained run is the search's result: its widths were learned, not chosen, so `compare` groups its seeds
+    record = {"command": "search", "search": {**config.to_dict(), "retrain_from": retrain_from},
+              "learned": ["quantize"]}
     metrics = _run("quantize", qconfig, out, source=source if retrain_from == "float" else None,
                    base=None if retrain_from == "float" else train_base, quiet=quiet, resume=resume, val=False,
-                   epochs=retrain_epochs, **overrides)
+                   record=record, epochs=retrain_epochs, **overrides)
     retrain_time = time.perf_counter() - t1
     exact = runs.run_cost(out).total_bops
     if exact != round(derivation.bops):

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from bitsmith import _io
-from bitsmith.cli._common import check_names, check_writable_out, console, parse_ints, percent
+from bitsmith.cli._common import check_names, check_writable_out, console, given_options, parse_ints, percent
 from bitsmith.errors import BitsmithError
 
 ghn_app = typer.Typer(help="Graph hypernetworks: train one, evaluate it on held-out architectures.",
@@ -70,19 +70,25 @@ def train_cmd(
         if not is_run_dir(out):
             raise BitsmithError(f"--resume: {out} holds no interrupted GHN training")
         saved = _io.read_json(out / "config.json", "run config", BitsmithError)
-        if saved.get("command") != "ghn train":
+        if not isinstance(saved, dict) or saved.get("command") != "ghn train":
             raise BitsmithError(f"--resume: {out} is not a `ghn train` run")
-        train = _config.from_dict(TrainConfig, saved["train"])
+        if not all(isinstance(saved.get(key), dict) for key in ("train", "ghn", "ghn_train")):
+            raise BitsmithError(f"--resume: {out / 'config.json'} lacks the train, ghn and ghn_train sections of a "
+                                "`ghn train` run")
+        train = _config.from_dict(TrainConfig, saved["train"], where=f"{out / 'config.json'}: train")
         ghn_fields = {k: v for k, v in saved["ghn"].items() if k not in ("num_classes", "in_channels", "image_size")}
-        train_cfg = GHNTrainConfig.from_dict(saved["ghn_train"])
+        train_cfg = _config.from_dict(GHNTrainConfig, saved["ghn_train"], where=f"{out / 'config.json'}: ghn_train")
     else:
         check_names("lenet5", dataset)
         if out.exists() and is_run_dir(out):
             raise BitsmithError(f"{out} already holds a run; add --resume or choose another --out")
         train = recipe(dataset, data_root=str(data_root) if data_root else None, epochs=epochs, lr=lr,
                        grad_clip=grad_clip, seed=seed, num_threads=threads, batch_size=batch_size)
-        # with --init-from the hypernetwork's shape is that GHN's
-        ghn_fields = {"encoder": encoder, "hidden": hidden, "layers": layers} if init_from is None else {}
+        # with --init-from the hypernetwork's shape is that GHN's: only options given on the command line are passed
+        # on, and train_ghn refuses them if they differ from it
+        shape = {"encoder": encoder, "hidden": hidden, "layers": layers}
+        explicit = given_options(*shape)
+        ghn_fields = {k: v for k, v in shape.items() if init_from is None or k in explicit}
         train_cfg = GHNTrainConfig(meta_batch=meta_batch, pool=pool, eval_archs=eval_archs, eval_every=eval_every,
                                    quant=quant, bits=parse_ints(bits, "--bits", "32,8,4,2"), per_layer=per_layer,
                                    first_last_bits=first_last_bits or None, init_from=init_from, space=space)
@@ -171,7 +177,7 @@ def predict_cmd(
 
     import torch
 
-    from bitsmith import _config, zoo
+    from bitsmith import _config, runs, zoo
     from bitsmith.engine import evaluate_model, save_run, train
     from bitsmith.methods.ghn import Widths, load_ghn, predict_quantized
     from bitsmith.methods.ghn.quantized import target_qconfig
@@ -224,12 +230,14 @@ def predict_cmd(
     if finetune_epochs:
         tuned = train(dataclasses.replace(cfg, epochs=finetune_epochs), out, model=net, run_config=run_config,
                       quiet=quiet).metrics
+        runs.write_run_report(out)
         console.print(f"{model} {label} with predicted parameters: test accuracy {percent(scores['acc'])}; after "
                       f"{finetune_epochs} epoch(s) of {'QAT ' if qcfg else ''}fine-tuning "
                       f"{percent(tuned['test_acc'])}  run directory: {out}")
         return
     history = [{"type": "eval", "epoch": 0, "split": "test", **scores}]
     save_run(out, net, run_config, history)
+    runs.write_run_report(out)
     calibrated = "" if qcfg is None else f"ranges calibrated on {calib_batches} training batches, "
     console.print(f"{model} {label} with predicted parameters: test accuracy {percent(scores['acc'])} ({calibrated}BN "
                   f"recalibrated on {bn_batches} training batches; {prepare_s:.1f} s)  run directory: {out}")

@@ -22,6 +22,7 @@ app = typer.Typer(
 # Each module defines ``register(app)`` and adds its own sub-commands.
 _COMMAND_MODULES = (
     "bitsmith.cli.train",
+    "bitsmith.cli.demo",
     "bitsmith.cli.cost",
     "bitsmith.cli.quantize",
     "bitsmith.cli.directq",
@@ -31,6 +32,7 @@ _COMMAND_MODULES = (
     "bitsmith.cli.ghn",
     "bitsmith.cli.export",
     "bitsmith.cli.report",
+    "bitsmith.cli.sweep",
 )
 
 for _name in _COMMAND_MODULES:
@@ -46,7 +48,7 @@ def fail(message: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; bad input of any kind ends in one line on stderr and exit code 2, never a traceback."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError:
         raise SystemExit(0) from None
     except click.UsageError as exc:
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(exc).replace("\n", " "))
     except KeyboardInterrupt:
         fail("interrupted")
+    if isinstance(code, int) and not isinstance(code, bool) and code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":

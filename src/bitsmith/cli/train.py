@@ -43,6 +43,8 @@ def train_cmd(
     weight_decay: float = typer.Option(0.0, help="weight decay"),
     label_smoothing: float = typer.Option(0.0, help="label smoothing in [0, 1)"),
     grad_clip: float | None = typer.Option(None, help="clip the gradient norm to this value"),
+    on_nonfinite: str = typer.Option("stop", help="a NaN/Inf loss or gradient: stop (keep the last good checkpoint) "
+                                                  "| skip (drop the step) | restore (roll back to the last epoch)"),
     image_size: int | None = typer.Option(None, help="resize images to this square size (digits default: 16)"),
     val: bool = typer.Option(False, "--val/--no-val", help="carve a validation split from the training set"),
     seed: int = typer.Option(0, help="random seed"),
@@ -61,12 +63,13 @@ def train_cmd(
         run_training(cfg, resume, quiet, resume=True)
         return
     if config is not None:
-        cfg = _config.from_dict(TrainConfig, _load_run_config(config)["train"], where=str(config))
+        cfg = _config.from_dict(TrainConfig, _load_run_config(config)["train"], where=f"{config}: train")
     else:
         cfg = TrainConfig(model=model, dataset=dataset, data_root=str(data_root) if data_root else None, epochs=epochs,
                           batch_size=batch_size, lr=lr, optimizer=optimizer, scheduler=scheduler,
                           weight_decay=weight_decay, label_smoothing=label_smoothing, grad_clip=grad_clip,
-                          image_size=image_size, val=val, seed=seed, device=device, num_threads=threads)
+                          image_size=image_size, val=val, seed=seed, device=device, num_threads=threads,
+                          on_nonfinite=on_nonfinite)
     check_names(cfg.model, cfg.dataset)
     out = out or Path("runs") / f"{cfg.model}-{cfg.dataset}-s{cfg.seed}"
     run_training(cfg, out, quiet)
@@ -106,49 +109,9 @@ def datasets_cmd() -> None:
         console.print(f"{name}: {data.describe(name)}")
 
 
-def demo_cmd(
-    out: Path = typer.Option(Path("runs/demo"), help="folder for the demo's runs"),
-    epochs: int = typer.Option(30, help="FP32 training epochs"),
-    qat_epochs: int = typer.Option(10, help="quantization-aware fine-tuning epochs"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
-) -> None:
-    """The README's main job: LeNet-5 on the embedded digits in FP32, then W8A8 PTQ and W4A4 QAT, with costs."""
-    from bitsmith import runs
-    from bitsmith.quant import QConfig
-
-    check_writable_out(out)
-    fp32 = out / "lenet5-fp32"
-    steps = [
-        ("FP32", fp32, None),
-        ("W8A8 PTQ", out / "lenet5-w8a8-ptq", {"qconfig": QConfig(weight_bits=8, act_bits=8), "ptq": True}),
-        ("W4A4 QAT", out / "lenet5-w4a4-qat", {"qconfig": QConfig(weight_bits=4, act_bits=4, first_last_bits=None),
-                                               "epochs": qat_epochs}),
-    ]
-    rows = []
-    for label, run_dir, quant in steps:
-        if (run_dir / "checkpoint.safetensors").exists():
-            console.print(f"{label}: re-using {run_dir} (delete it to retrain)")
-        elif quant is None:
-            console.print(f"{label}: training LeNet-5 on digits for {epochs} epochs (Adam lr 1e-3, batch 64)")
-            train(TrainConfig(model="lenet5", dataset="digits", epochs=epochs), run_dir, quiet=quiet)
-        else:
-            console.print(f"{label}: quantizing {fp32}")
-            runs.quantize_run(fp32, quant["qconfig"], run_dir, ptq=quant.get("ptq", False),
-                              epochs=quant.get("epochs", 10), quiet=quiet)
-        runs.write_run_report(run_dir)
-        cost = runs.run_cost(run_dir)
-        rows.append((label, runs.evaluate_run(run_dir)["acc"], cost.total_bops, cost.size_kib, run_dir))
-    console.print("\n| model | test accuracy | BOPs / image | weights KiB | run directory |")
-    console.print("| --- | ---: | ---: | ---: | --- |")
-    for label, acc, bops, kib, run_dir in rows:
-        console.print(f"| {label} | {percent(acc)} | {bops:,} | {kib:.2f} | {run_dir} |")
-    console.print(f"\nreports: {', '.join(str(r[-1] / 'report.md') for r in rows)}")
-
-
 def register(app: typer.Typer) -> None:
     """Add the foundation commands to the CLI."""
     app.command("train")(train_cmd)
     app.command("eval")(eval_cmd)
     app.command("models")(models_cmd)
     app.command("datasets")(datasets_cmd)
-    app.command("demo")(demo_cmd)

@@ -21,7 +21,10 @@ from bitsmith import _io
 from bitsmith.errors import CheckpointError
 
 COMPARE_MD, COMPARE_JSON, PARETO_PNG = "compare.md", "compare.json", "pareto.png"
-#: Configuration fields that never separate groups: the seed (averaged over) and machine or timing details.
+#: The marker a sweep leaves in each run it finished (its id names the run's group and setting).
+SWEEP_MARK = "sweep_done.json"
+#: Configuration fields that never separate groups: seeds (averaged over; also a method's own, such as the RPG
+#: ring's, ``<transform>.seed``) and machine or timing details.
 _IGNORED = frozenset({"train.seed", "train.num_threads", "train.data_root", "from", "ghn"})
 _IGNORED_SUFFIXES = ("_ms", "_s", "_time", "test_acc")
 
@@ -40,6 +43,7 @@ class RunPoint:
     size_kib: float
     dof: int
     fields: dict[str, Any] = field(default_factory=dict)
+    label: tuple[str, str] | None = None
 
 
 @dataclass
@@ -73,9 +77,13 @@ class Group:
 
 
 def _flatten(config: dict[str, Any]) -> dict[str, Any]:
-    """Scalar fields of a run configuration (train fields, each transform's config, top-level settings)."""
+    """Scalar fields of a run configuration (train fields, each transform's config, top-level settings), less those
+    the run learned rather than was given (its ``learned`` list of field prefixes, e.g. a searched quantization)."""
+    learned = tuple(config.get("learned", []))
     flat: dict[str, Any] = {}
     for key, value in config.items():
+        if key == "learned":
+            continue
         if key == "train" and isinstance(value, dict):
             flat.update({f"train.{k}": v for k, v in value.items()})
         elif key == "model_transforms" and isinstance(value, list):
@@ -84,7 +92,8 @@ def _flatten(config: dict[str, Any]) -> dict[str, Any]:
         else:
             flat[key] = value
     return {k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v for k, v in flat.items()
-            if k not in _IGNORED and not k.endswith(_IGNORED_SUFFIXES)}
+            if k not in _IGNORED and not k.endswith(_IGNORED_SUFFIXES) and not k.endswith(".seed")
+            and not any(k == p or k.startswith(f"{p}.") for p in learned)}
 
 
 def run_point(run_dir: str | Path) -> RunPoint:
@@ -98,10 +107,22 @@ def run_point(run_dir: str | Path) -> RunPoint:
                               "evaluation)")
     cost = runs.run_cost(run_dir)
     train = config.get("train", {})
-    return RunPoint(run=str(run_dir), command=str(config.get("command", "train")), model=str(train.get("model")),
+    return RunPoint(label=_sweep_label(Path(run_dir)),
+                    run=str(run_dir), command=str(config.get("command", "train")), model=str(train.get("model")),
                     dataset=str(train.get("dataset")), seed=int(train.get("seed", 0)), acc=float(final["test_acc"]),
                     bops=int(cost.total_bops), size_kib=float(cost.size_kib), dof=int(cost.dof),
                     fields=_flatten(config))
+
+
+def _sweep_label(run_dir: Path) -> tuple[str, str] | None:
+    """(group, setting) of a run a sweep made, from the id in its done marker (``group[/setting]/seedN``)."""
+    path = run_dir / SWEEP_MARK
+    if not path.is_file():
+        return None
+    parts = str(_io.read_json(path, "sweep marker", CheckpointError).get("id", "")).split("/")
+    if parts and parts[-1].startswith("seed") and parts[-1][4:].isdigit():
+        parts = parts[:-1]
+    return (parts[0], "/".join(parts[1:]) or "-") if parts and parts[0] else None
 
 
 def _short(key: str) -> str:
@@ -109,7 +130,8 @@ def _short(key: str) -> str:
 
 
 def group_points(points: Sequence[RunPoint]) -> list[Group]:
-    """Group runs that differ only in the seed; label each group by the fields that vary within its command."""
+    """Group runs that differ only in the seed; label each group by the fields that vary within its command (runs
+    a sweep made: by their sweep group and setting)."""
     varying: dict[str, list[str]] = {}
     for command in {p.command for p in points}:
         mine = [p for p in points if p.command == command]
@@ -118,44 +140,94 @@ def group_points(points: Sequence[RunPoint]) -> list[Group]:
                             and k not in ("train.model", "train.dataset")]
     groups: dict[tuple, Group] = {}
     for p in points:
-        keys = varying[p.command]
-        setting = ", ".join(f"{_short(k)}={p.fields.get(k)}" for k in keys) or "-"
-        key = (p.command, p.model, p.dataset, setting)
-        groups.setdefault(key, Group(p.command, p.model, p.dataset, setting, [])).points.append(p)
+        if p.label is not None:
+            command, setting = p.label
+        else:
+            command = p.command
+            setting = ", ".join(f"{_short(k)}={p.fields.get(k)}" for k in varying[p.command]) or "-"
+        key = (command, p.model, p.dataset, setting)
+        groups.setdefault(key, Group(command, p.model, p.dataset, setting, [])).points.append(p)
     return sorted(groups.values(), key=lambda g: (g.dataset, g.model, g.bops, -g.acc[0]))
 
 
-def pareto_front(groups: Sequence[Group]) -> list[bool]:
-    """Per group: True when no other group of the same model and data is at most as costly (BOPs) and at least as
-    accurate (mean), with one of the two strictly better."""
+_AXES = {"bops": "BOPs per sample", "size_kib": "weights KiB", "dof": "degrees of freedom"}
+
+
+def _cost(group: Group, axis: str) -> float:
+    return group.bops if axis == "bops" else float(group.to_dict()[axis])
+
+
+def pareto_front(groups: Sequence[Group], axis: str = "bops") -> list[bool]:
+    """Per group: True when no other group of the same model and data is at most as costly (on ``axis``: bops,
+    size_kib or dof) and at least as accurate (mean), with one of the two strictly better."""
+    if axis not in _AXES:
+        raise ValueError(f"unknown cost axis {axis!r}; known: {', '.join(_AXES)}")
     flags = []
     for g in groups:
-        dominated = any(o is not g and o.model == g.model and o.dataset == g.dataset and o.bops <= g.bops
-                        and o.acc[0] >= g.acc[0] and (o.bops < g.bops or o.acc[0] > g.acc[0]) for o in groups)
+        cost = _cost(g, axis)
+        dominated = any(o is not g and o.model == g.model and o.dataset == g.dataset and _cost(o, axis) <= cost
+                        and o.acc[0] >= g.acc[0] and (_cost(o, axis) < cost or o.acc[0] > g.acc[0]) for o in groups)
         flags.append(not dominated)
     return flags
 
 
-def _plot(groups: Sequence[Group], front: Sequence[bool], path: Path) -> Path:
+#: The accuracy axis spans at most this many points below the best row; rows further down sit on its edge as ▼.
+_Y_SPAN = 15.0
+
+
+def _compact(value: float) -> str:
+    """A tick label such as 250k, 1.5M or 5G."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def _plot(groups: Sequence[Group], path: Path) -> Path:
+    """Accuracy (mean ± std over seeds) against BOPs, weight size and DoF (log x where the costs span a decade),
+    one panel each, every panel with its own Pareto front."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for command in sorted({g.command for g in groups}):
-        mine = [g for g in groups if g.command == command]
-        ax.errorbar([g.bops for g in mine], [100 * g.acc[0] for g in mine], yerr=[100 * g.acc[1] for g in mine],
-                    fmt="o", capsize=3, label=command)
-    on_front = sorted((g.bops, 100 * g.acc[0]) for g, f in zip(groups, front, strict=True) if f)
-    if on_front:
-        ax.plot(*zip(*on_front, strict=True), "k--", lw=1, alpha=0.6, label="Pareto front")
-    ax.set_xscale("log")
-    ax.set(xlabel="BOPs per sample (log)", ylabel="test accuracy (%)", title="accuracy vs BOPs (mean ± std)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = _io.savefig(path, fig, dpi=110)
+    best = max(100 * g.acc[0] for g in groups)
+    floor = max(min(100 * g.acc[0] - 100 * g.acc[1] for g in groups), best - _Y_SPAN) - 1.0
+    below = [g for g in groups if 100 * g.acc[0] < floor]
+    fig, axes = plt.subplots(1, len(_AXES), figsize=(15, 4.4), sharey=True)
+    for ax, (axis, label) in zip(axes, _AXES.items(), strict=True):
+        for command in sorted({g.command for g in groups}):
+            mine = [g for g in groups if g.command == command]
+            shown = ax.errorbar([_cost(g, axis) for g in mine], [max(100 * g.acc[0], floor) for g in mine],
+                                yerr=[100 * g.acc[1] for g in mine], fmt="o", capsize=3, label=command)
+            low = [g for g in mine if g in below]
+            if low:
+                ax.scatter([_cost(g, axis) for g in low], [floor] * len(low), marker="v", s=60,
+                           color=shown[0].get_color(), zorder=3)
+        front = pareto_front(groups, axis)
+        on_front = sorted((_cost(g, axis), 100 * g.acc[0]) for g, f in zip(groups, front, strict=True) if f)
+        if on_front:
+            ax.plot(*zip(*on_front, strict=True), "k--", lw=1, alpha=0.6, label="Pareto front")
+        costs = [_cost(g, axis) for g in groups if _cost(g, axis) > 0]
+        wide = bool(costs) and max(costs) / min(costs) >= 10
+        if wide:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        else:
+            ax.xaxis.set_major_locator(ticker.MaxNLocator(5))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: _compact(v)))
+        ax.set(xlabel=f"{label}{' (log)' if wide else ''}", title=f"accuracy vs {label}")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylim(bottom=floor - 0.5)
+    axes[0].set_ylabel("test accuracy (%, mean ± std over seeds)")
+    if below:
+        fig.text(0.01, 0.01, "▼ below the axis: " + "; ".join(f"{g.command} {g.setting} {100 * g.acc[0]:.1f} %"
+                                                               for g in below), fontsize=7)
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="center right")
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    out = _io.savefig(path, fig, dpi=100)
     plt.close(fig)
     return out
 
@@ -181,11 +253,12 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None) 
     if out is not None:
         out = Path(out)
         _io.write_json(out / COMPARE_JSON, result["groups"])
-        chart = _plot(groups, front, out / PARETO_PNG)
+        chart = _plot(groups, out / PARETO_PNG)
         _io.write_text(out / COMPARE_MD, "# bitsmith compare\n\n" + markdown
                        + "\n\nAccuracy: mean ± sample std over the runs of a row (seeds). Pareto: no other row of "
-                         "the same model and data is as cheap in BOPs and as accurate.\n\n"
-                       + f"![accuracy vs BOPs]({chart.name})\n")
+                         "the same model and data is as cheap in BOPs and as accurate. The chart also shows accuracy "
+                         "against weight size and degrees of freedom, each panel with its own front.\n\n"
+                       + f"![accuracy vs BOPs, size and DoF]({chart.name})\n")
     return result
 
 

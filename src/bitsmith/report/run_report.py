@@ -1,4 +1,6 @@
-"""The run report: ``report.md`` with the configuration, final metrics, a per-epoch table and learning curves."""
+"""The run report: ``report.md`` and ``report.html`` with the configuration, final metrics, learning curves, a
+per-epoch table, and the figures method sections bring (bit widths per layer and filter, RPG parameters, GHN
+predictions)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,14 @@ from typing import Any
 
 from bitsmith import _io
 from bitsmith.engine import CONFIG_FILE, METRICS_FILE, final_metrics
+from bitsmith.report.html import markdown_to_html
 
 REPORT_FILE = "report.md"
+HTML_FILE = "report.html"
 CURVES_FILE = "learning_curves.png"
+BITS_FILE = "bit_widths.png"
+PARAMS_FILE = "layer_params.png"
+PREDICTED_FILE = "predicted_vs_trained.png"
 
 
 def _read(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -26,11 +33,7 @@ def plot_learning_curves(history: Sequence[Mapping[str, Any]], path: str | Path)
     epochs = [r for r in history if r.get("type") == "epoch"]
     if not epochs:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
     xs = [r["epoch"] for r in epochs]
     ax_loss.plot(xs, [r["train_loss"] for r in epochs], label="train")
@@ -92,7 +95,93 @@ def write_report(run_dir: str | Path, sections: Sequence[tuple[str, str]] = ()) 
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["## Configuration", "", "```json", json.dumps(config, indent=2), "```", ""]
-    return _io.write_text(run_dir / REPORT_FILE, "\n".join(lines))
+    markdown = "\n".join(lines)
+    _io.write_text(run_dir / HTML_FILE, markdown_to_html(markdown, title=lines[0].lstrip("# ")))
+    return _io.write_text(run_dir / REPORT_FILE, markdown)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_bit_widths(cost: Any, bits: Any, path: str | Path) -> Path:
+    """Per layer: the share of its filters at each weight width (pruned filters grey) and its input-activation
+    width; ``cost`` is the run's CostReport, ``bits`` its BitsAssignment."""
+    plt = _pyplot()
+    layers = [c for c in cost.layers if c.name in bits.layers]
+    widths = sorted({w for c in layers for w in bits.layers[c.name].channel_bits(c.out_channels)})
+    colours = plt.get_cmap("viridis")
+    fig, (ax_w, ax_a) = plt.subplots(2, 1, figsize=(max(5.0, 0.55 * len(layers) + 2), 5.2), sharex=True)
+    xs = range(len(layers))
+    bottom = [0.0] * len(layers)
+    for k, width in enumerate(widths):
+        share = []
+        for c in layers:
+            entry = bits.layers[c.name]
+            pairs = zip(entry.channel_bits(c.out_channels), entry.channel_keep(c.out_channels), strict=True)
+            share.append(sum(1 for w, keep in pairs if w == width and keep) / c.out_channels)
+        ax_w.bar(xs, share, bottom=bottom, color=colours(k / max(1, len(widths) - 1)), label=f"{width} bits")
+        bottom = [b + s for b, s in zip(bottom, share, strict=True)]
+    pruned = [1.0 - b for b in bottom]
+    if any(p > 1e-9 for p in pruned):
+        ax_w.bar(xs, pruned, bottom=bottom, color="lightgrey", label="pruned")
+    ax_w.set_ylabel("share of filters")
+    ax_w.set_title("Weight bit width per filter", fontsize=9)
+    ax_w.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax_a.bar(xs, [bits.layers[c.name].act_bits for c in layers], color="tab:red", alpha=0.7)
+    ax_a.set_ylabel("input activation bits")
+    ax_a.set_xticks(list(xs), [c.name for c in layers], rotation=45, ha="right", fontsize=7)
+    for ax in (ax_w, ax_a):
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    out = _io.savefig(path, fig, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_layer_params(cost: Any, generated: set[str], ring: int, path: str | Path) -> Path:
+    """Parameters of each weight layer (log scale), those generated from a shared ring marked, with the ring's
+    size as a line: how many weights the ring's few free scalars stand for."""
+    plt = _pyplot()
+    layers = [c for c in cost.layers if c.params]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(layers) + 2), 3.6))
+    ax.bar(range(len(layers)), [c.params for c in layers],
+           color=["tab:blue" if c.name in generated else "tab:grey" for c in layers])
+    from matplotlib.patches import Patch
+
+    line = ax.axhline(ring, color="tab:red", ls="--")
+    ax.legend([line, Patch(color="tab:blue"), Patch(color="tab:grey")],
+              [f"ring: {ring:,} free scalars", "generated from the ring", "own parameters"], fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("parameters")
+    ax.set_xticks(range(len(layers)), [c.name for c in layers], rotation=45, ha="right", fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    out = _io.savefig(path, fig, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_predicted(predicted: float, history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Test accuracy of predicted parameters (epoch 0) and after each epoch of fine-tuning them."""
+    plt = _pyplot()
+    tests = [r for r in history if r.get("type") == "eval" and r.get("split") == "test" and r.get("epoch", 0) > 0]
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.plot([0] + [r["epoch"] for r in tests], [100 * predicted] + [100 * r["acc"] for r in tests], "o-")
+    ax.axhline(100 * predicted, color="tab:grey", ls=":", label=f"predicted: {100 * predicted:.2f} %")
+    ax.set(xlabel="fine-tuning epoch (0 = as predicted)", ylabel="test accuracy (%)",
+           title="Predicted parameters, then trained")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = _io.savefig(path, fig, dpi=110)
+    plt.close(fig)
+    return out
 
 
 def cost_markdown(report: Any) -> str:
