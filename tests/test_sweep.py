@@ -186,6 +186,7 @@ wbits = 4
     assert "optimizer" in log and "Traceback" not in log
 
 
+@pytest.mark.slow
 def test_demo_ends_with_the_pareto_chart_and_reports(tmp_path) -> None:
     """The README's main command, shortened: every method of the demo finishes and the chart and reports exist."""
     out = tmp_path / "demo"
