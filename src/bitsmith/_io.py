@@ -40,13 +40,20 @@ def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 
 def read_json(path: str | os.PathLike, what: str = "file", error: type[Exception] = ValueError) -> Any:
     """Parse a JSON file; a missing file or bad JSON raises ``error`` with one line naming the file and problem."""
+    return read_parsed(path, json.loads, (json.JSONDecodeError,), "JSON", what, error)
+
+
+def read_parsed(path: str | os.PathLike, parse: Callable[[str], Any], bad: tuple[type[Exception], ...], fmt: str,
+                what: str = "file", error: type[Exception] = ValueError) -> Any:
+    """``parse`` the UTF-8 text of ``path`` (a JSON or TOML reader, ...); a missing file, bad encoding or any of the
+    ``bad`` parse errors raises ``error`` with one line naming the file and the problem."""
     path = Path(path)
     if not path.is_file():
         raise error(f"{path}: {what} not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise error(f"{path}: not valid JSON ({exc})") from None
+        return parse(path.read_text(encoding="utf-8"))
+    except (*bad, UnicodeDecodeError) as exc:
+        raise error(f"{path}: not valid {fmt} ({exc})") from None
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -116,12 +116,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         import tomllib
     else:
         import tomli as tomllib
-    if not path.is_file():
-        raise ConfigError(f"{path}: sweep file not found")
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    return _io.read_parsed(path, tomllib.loads, (tomllib.TOMLDecodeError,), "TOML", "sweep file", ConfigError)
 
 
 def _key(name: str) -> str:
