@@ -242,10 +242,16 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, float]:
 def run_cost(run_dir: str | Path) -> Any:
     """The per-layer cost (``bitsmith.cost.CostReport``) of a run's trained model at the bit widths it computes
     with (learned widths, such as CGMQ's gates, are read from the checkpoint)."""
+    return _costed(run_dir)[2]
+
+
+def _costed(run_dir: str | Path) -> tuple[nn.Module, Any, Any]:
+    """A run's trained model, its bit widths (None for float) and its per-layer cost at those widths."""
     from bitsmith.cost import model_cost
 
     model, input_shape = _trained(run_dir)
-    return model_cost(model, input_shape, bits=run_bits(model))
+    bits = run_bits(model)
+    return model, bits, model_cost(model, input_shape, bits=bits)
 
 
 def run_bits(model: nn.Module) -> Any:
@@ -260,14 +266,11 @@ def run_bits(model: nn.Module) -> Any:
 def write_run_report(run_dir: str | Path) -> Path:
     """Write the run's ``report.md`` and ``report.html``: metrics, learning curves, the per-layer cost table, the
     bit widths per layer and filter, and each method's own section and figure."""
-    from bitsmith.cost import model_cost
     from bitsmith.report import cost_markdown, plot_bit_widths, write_report
     from bitsmith.report.run_report import BITS_FILE
 
     run_dir = Path(run_dir)
-    model, input_shape = _trained(run_dir)
-    bits = run_bits(model)
-    cost = model_cost(model, input_shape, bits=bits)
+    model, bits, cost = _costed(run_dir)
     sections = [("Cost per sample (per layer)", cost_markdown(cost))]
     if bits is not None:
         plot_bit_widths(cost, bits, run_dir / BITS_FILE)

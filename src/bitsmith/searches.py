@@ -44,14 +44,15 @@ def _reused(out: Path, quiet: bool, start: Callable[[], dict[str, Any]]) -> dict
 
 
 def _run(transform: str, config: Any, out: Path, *, source: Path | None, base: TrainConfig | None, quiet: bool,
-         resume: bool, record: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
-    """One phase as a run: with ``resume``, reuse it when finished and resume it when interrupted; else train it."""
+         resume: bool, record: dict[str, Any] | None = None, report: bool = True, **overrides: Any) -> dict[str, Any]:
+    """One phase as a run: with ``resume``, reuse it when finished and resume it when interrupted; else train it.
+    With ``report`` it then writes the run's report if it has none (a caller that adds to the run writes it)."""
     def start() -> dict[str, Any]:
         return runs.method_run(transform, config, out, source=source, base=base, quiet=quiet, record=record,
                                **overrides)
 
     metrics = _reused(out, quiet, start) if resume else start()
-    if not (out / "report.md").is_file():
+    if report and not (out / "report.md").is_file():
         runs.write_run_report(out)
     return metrics
 
@@ -102,7 +103,7 @@ def dnas_search(config: Any, out: str | Path, *, source: str | Path | None = Non
               "learned": ["quantize"]}
     metrics = _run("quantize", qconfig, out, source=source if retrain_from == "float" else None,
                    base=None if retrain_from == "float" else train_base, quiet=quiet, resume=resume, val=False,
-                   record=record, epochs=retrain_epochs, **overrides)
+                   record=record, report=False, epochs=retrain_epochs, **overrides)
     retrain_time = time.perf_counter() - t1
     exact = runs.run_cost(out).total_bops
     if exact != round(derivation.bops):

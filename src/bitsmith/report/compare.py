@@ -154,7 +154,8 @@ _AXES = {"bops": "BOPs per sample", "size_kib": "weights KiB", "dof": "degrees o
 
 
 def _cost(group: Group, axis: str) -> float:
-    return group.bops if axis == "bops" else float(group.to_dict()[axis])
+    """The group's mean cost on ``axis`` (a RunPoint field: bops, size_kib or dof)."""
+    return statistics.fmean(getattr(p, axis) for p in group.points)
 
 
 def pareto_front(groups: Sequence[Group], axis: str = "bops") -> list[bool]:
