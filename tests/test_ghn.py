@@ -241,7 +241,7 @@ def test_interrupted_ghn_training_resumes_exactly(tmp_path, ghn_train) -> None:
             if epoch == 1:
                 raise KeyboardInterrupt
 
-    train = TrainConfig(model="cellnet", dataset="digits", val=True, epochs=2, batch_size=128,
+    train = TrainConfig(model="cellnet", dataset="digits", image_size=8, val=True, epochs=2, batch_size=512,
                         optimizer="adamw", num_threads=1)
     args = ({"hidden": 16, "decoder_hidden": 32, "rank": 8}, ghn_train)
     whole, _ = train_ghn(train, *args, tmp_path / "whole", quiet=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bitsmith import runs, sweeps
+from bitsmith.cli.main import main
 from bitsmith.cli.sweep import command_table
 from bitsmith.errors import ConfigError
 
@@ -160,8 +161,8 @@ def test_killed_sweep_restarts_without_redoing_finished_runs_and_loses_nothing(t
     assert sum(g["n"] for g in compare) == 3
 
     reference = tmp_path / "reference"
-    subprocess.run([sys.executable, "-m", "bitsmith.cli.main", "train", "--model", "lenet5", "--epochs", "30",
-                    "--seed", "0", "--threads", "1", "--out", str(reference)], check=True, capture_output=True)
+    main(["train", "--model", "lenet5", "--epochs", "30", "--seed", "0", "--threads", "1", "--quiet",
+          "--out", str(reference)])
     resumed = runs.final_run_metrics(out / "long" / "seed0")
     assert resumed["test_acc"] == runs.final_run_metrics(reference)["test_acc"]
     assert resumed["test_loss"] == runs.final_run_metrics(reference)["test_loss"]
