@@ -6,8 +6,9 @@ Both train from scratch with the reference recipe of BENCHMARK_PROTOCOL.md (Adam
 30 epochs; Fashion-MNIST: batch 128, 15 epochs), every conv and linear quantized, first and last included.
 CGMQ: weight gates per output channel or per layer, activation gates per layer, widths 2/4/8 (the integer
 widths the uniform rows use; with 16/32 in the list the cheap classifier layers stay at 16-32 bits and overfit
-digits like the FP32 model), gate lr 1e-2, CGGD factor 2, gates frozen for the last 30 % of the epochs, all
-gates on at the start (8/8 bits). Uniform LSQ: the same runs as the DirectQ benchmark's "lsq"
+digits like the FP32 model), gate lr 1e-2 with the rms gate step and the constraint pushing only gates that are
+on (the rule since 2026-12-02), CGGD factor 2, gates frozen for the last 30 % of the epochs, all gates on at the
+start (8/8 bits). Uniform LSQ: the same runs as the DirectQ benchmark's "lsq"
 rows (benchmarks/out/directq cache). BOPs are per sample, counted by bitsmith.cost on the final hard gates.
 """
 

@@ -87,7 +87,7 @@ def test_cggd_direction_only_while_violated():
     cb.after_backward(TRAINING)  # the gates step: the cost goes down along its gradient
     moved = [g.detach() - b for g, b in zip(cb.gates, before, strict=True)]
     assert sum((m * c).sum() for m, c in zip(moved, cost_grads, strict=True)) < 0
-    assert max(float(m.abs().max()) for m in moved) == pytest.approx(cfg.gate_lr)
+    _assert_rms_step(moved, [a for a in cb._with_constraint_direction(grads)], cfg.gate_lr)
     assert all(g.grad is None for g in cb.gates)  # the Trainer's optimizer leaves the gates alone
 
     with torch.no_grad():
@@ -96,9 +96,40 @@ def test_cggd_direction_only_while_violated():
     grads = loss_grads()
     before = [g.detach().clone() for g in cb.gates]
     cb.after_backward(TRAINING)  # only the loss gradient moves the gates
-    largest = max(float(g.abs().max()) for g in grads)
-    for g, b, grad in zip(cb.gates, before, grads, strict=True):
-        torch.testing.assert_close(g.detach() - b, -cfg.gate_lr * grad / largest)
+    _assert_rms_step([g.detach() - b for g, b in zip(cb.gates, before, strict=True)], grads, cfg.gate_lr)
+
+
+def _assert_rms_step(moved: list[torch.Tensor], direction: list[torch.Tensor], lr: float) -> None:
+    """``moved`` is ``-lr`` times ``direction`` over its root-mean-square, each gate's move clipped at 5 ``lr``."""
+    flat = torch.cat([d.flatten() for d in direction])
+    rms = flat.double().pow(2).mean().sqrt().float()
+    for m, d in zip(moved, direction, strict=True):
+        torch.testing.assert_close(m, -lr * (d / rms).clamp(-5, 5), rtol=1e-4, atol=1e-7)
+    assert 0 < torch.cat([m.flatten() for m in moved]).pow(2).mean().sqrt() <= lr * (1 + 1e-4)
+
+
+def test_constraint_pushes_only_gates_that_are_on_and_the_max_rule_is_kept():
+    cfg = CGMQConfig(bop_budget=0.25, gate_momentum=0.0)
+    model = lenet(cfg).train()
+    cb = CGMQCallback(model, cfg, SHAPE)
+    with torch.no_grad():
+        cb.gates[0].fill_(-1.0)  # one gate group off; the others on keep the cost far above the bound
+    x, y = bitsmith.data.get("digits", split="train").tensors()
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x[:64]), y[:64]).backward()
+    grads = [g.grad.clone() for g in cb.gates]
+    added = [a - b for a, b in zip(cb._with_constraint_direction(grads), grads, strict=True)]
+    assert float(added[0].abs().max()) == 0.0 and any(float(a.abs().max()) > 0 for a in added[1:])
+    every = CGMQCallback(model, CGMQConfig(bop_budget=0.25, gate_momentum=0.0, active_only=False,
+                                           gate_step="max"), SHAPE)
+    pushed = [a - b for a, b in zip(every._with_constraint_direction(grads), grads, strict=True)]
+    assert float(pushed[0].abs().max()) > 0  # the rule before 2026-12-02 pushes gates that are off too
+    before = [g.detach().clone() for g in every.gates]
+    for gate, grad in zip(every.gates, grads, strict=True):
+        gate.grad = grad.clone()
+    every.after_backward(TRAINING)
+    moved = [g.detach() - b for g, b in zip(every.gates, before, strict=True)]
+    assert max(float(m.abs().max()) for m in moved) == pytest.approx(every.config.gate_lr)
 
 
 def test_gates_are_frozen_in_the_final_phase():
@@ -123,7 +154,8 @@ def test_bound_is_met_by_training(budget, seed, tmp_path):
     assert metrics["bops"] <= metrics["bops_bound"] and metrics["bound_met"]
     assert metrics["test_acc"] > 0.3  # chance is 0.1
     records = [r for r in runs.read_metrics(tmp_path / "run") if r["type"] == "epoch"]
-    assert records[0]["bops"] > records[-1]["bops"]  # the gates actually moved
+    start = float(CGMQCallback(lenet(cfg), cfg, SHAPE).constraint.bops())  # every gate on
+    assert all(r["bops"] < start for r in records)  # the gates actually moved
     model = runs.load_model(tmp_path / "run")
     widths = torch.cat([m.bit_width(ste=False).reshape(-1) for m in model.modules()
                         if isinstance(m, GatedQuantizer)])

@@ -22,6 +22,10 @@ def cgmq_cmd(
     bits: str = typer.Option("2,4,8,16,32", help="nested bit widths the gates choose from, increasing"),
     gate_lr: float = typer.Option(1e-2, help="learning rate of the gates"),
     factor: float = typer.Option(2.0, help="CGGD factor (> 1): constraint direction norm / loss gradient norm"),
+    gate_step: str = typer.Option("rms", help="gate move scaled to gate_lr by its rms | max (the rule before "
+                                              "2026-12-02)"),
+    active_only: bool = typer.Option(True, "--active-only/--all-gates", help="constraint pushes only the gates "
+                                     "that are on (--all-gates: also those off, the rule before 2026-12-02)"),
     epochs: int | None = typer.Option(None, help="epochs (default: 10 from a run, 30 from scratch)"),
     lr: float | None = typer.Option(None, help="learning rate (default: 1e-4 from a run, 1e-3 from scratch)"),
     batch_size: int | None = typer.Option(None, help="batch size (default: the source run's, or 64)"),
@@ -39,7 +43,7 @@ def cgmq_cmd(
 
     widths = parse_ints(bits, "--bits", "2,4,8,16,32")
     cfg = CGMQConfig(bop_budget=bop_budget, relative_to=relative_to, granularity=granularity, bits=widths,
-                     gate_lr=gate_lr, factor=factor)
+                     gate_lr=gate_lr, factor=factor, gate_step=gate_step, active_only=active_only)
     metrics = train_method("cgmq", cfg, out, source=source, model=model, dataset=dataset, data_root=data_root,
                            seed=seed, threads=threads, batch_size=batch_size, epochs=epochs, lr=lr,
                            scheduler=scheduler, quiet=quiet)

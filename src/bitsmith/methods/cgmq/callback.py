@@ -22,18 +22,20 @@ if TYPE_CHECKING:
 BITS_FILE = "bits.json"
 BITS_CHART = "bits_chart.png"
 TRAJECTORY_PLOT = "bops_trajectory.png"
+#: With ``gate_step="rms"``, the largest move of one gate in one step, in units of ``gate_lr``.
+MAX_RMS_STEPS = 5.0
 
 
 class CGMQCallback(Callback):
     """Constraint Guided Gradient Descent on the gates of a CGMQ model.
 
     After each backward pass, if the exact BOPs (hard gates) exceed the bound, the gates' loss gradient gets the
-    direction that lowers the (straight-through) BOPs, scaled to ``factor`` times the loss gradient's norm;
-    within the bound it adds nothing. The gates then move by that direction averaged with momentum, scaled so
-    the largest move is ``gate_lr`` (their own update, outside the Trainer's optimizer, which would rescale each
-    gate alone and lose which gates matter most). In the last ``freeze_fraction`` of the epochs the gates are
-    frozen (after a projection) so the weights adapt to the final widths; a deterministic projection after the
-    last step guarantees the bound.
+    direction that lowers the (straight-through) BOPs through the gates that are on, scaled to ``factor`` times
+    the loss gradient's norm; within the bound it adds nothing. The gates then move by that direction averaged
+    with momentum, scaled so the root-mean-square move is ``gate_lr`` (their own update, outside the Trainer's
+    optimizer, which would rescale each gate alone and lose which gates matter most). In the last
+    ``freeze_fraction`` of the epochs the gates are frozen (after a projection) so the weights adapt to the final
+    widths; a deterministic projection after the last step guarantees the bound.
     """
 
     def __init__(self, model: nn.Module, config: CGMQConfig, input_shape: Sequence[int]) -> None:
@@ -74,7 +76,7 @@ class CGMQCallback(Callback):
 
     def after_backward(self, trainer: Trainer) -> None:
         """Update the gates (and take them out of the optimizer's step): the loss gradient plus, while the bound
-        is violated, the CGGD direction; averaged with momentum and scaled so the largest move is ``gate_lr``."""
+        is violated, the CGGD direction; averaged with momentum and scaled by ``gate_step`` to ``gate_lr``."""
         grads = [g.grad if g.grad is not None else torch.zeros_like(g) for g in self.gates]
         for gate in self.gates:
             gate.grad = None
@@ -90,15 +92,23 @@ class CGMQCallback(Callback):
         with torch.no_grad():
             for buf, grad in zip(self.momentum, grads, strict=True):
                 buf.mul_(beta).add_(grad, alpha=1.0 - beta)
-            largest = max(float(buf.abs().max()) for buf in self.momentum)
-            if largest > 0:
+            if self.config.gate_step == "max":
+                scale = max(float(buf.abs().max()) for buf in self.momentum)
+            else:
+                count = sum(buf.numel() for buf in self.momentum)
+                scale = float(torch.sqrt(sum((buf.double() ** 2).sum() for buf in self.momentum) / count))
+            if scale > 0:
                 for gate, buf in zip(self.gates, self.momentum, strict=True):
-                    gate.sub_(buf, alpha=self.config.gate_lr / largest)
+                    gate.sub_((buf / scale).clamp_(-MAX_RMS_STEPS, MAX_RMS_STEPS), alpha=self.config.gate_lr)
 
     def _with_constraint_direction(self, loss_grads: list[torch.Tensor]) -> list[torch.Tensor]:
-        """``loss_grads`` plus the direction lowering the straight-through BOPs, with ``factor`` times their norm."""
+        """``loss_grads`` plus the direction lowering the straight-through BOPs, with ``factor`` times their norm;
+        with ``active_only`` through the gates that are on (pushing a gate that is off lowers nothing)."""
         soft = self.constraint.bops(ste=True)
         directions = torch.autograd.grad(soft, self.gates, allow_unused=True)
+        if self.config.active_only:
+            directions = [d if d is None else d * (gate.detach() > 0) for d, gate in zip(directions, self.gates,
+                                                                                       strict=True)]
         loss_norm = torch.sqrt(sum((g.double() ** 2).sum() for g in loss_grads))
         dir_norm = torch.sqrt(sum((d.double() ** 2).sum() for d in directions if d is not None))
         if float(dir_norm) == 0.0:

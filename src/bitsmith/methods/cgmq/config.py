@@ -10,6 +10,7 @@ from bitsmith.errors import ConfigError
 from bitsmith.quant.quantizers import SUPPORTED_BITS
 
 GRANULARITIES = ("layer", "channel", "weight")
+GATE_STEPS = ("rms", "max")
 
 
 @dataclass
@@ -22,7 +23,10 @@ class CGMQConfig(_config.JsonConfig):
     choose from, increasing (32 = full precision). gate_init: starting gate value (> 0: every refinement on).
     gate_lr: learning rate of the gates. factor: CGGD's ratio (> 1) of the constraint direction's norm to the
     loss gradient's norm on the gates while the bound is violated. ref_bits: the width whose MSE-optimal range
-    initialises the step sizes.
+    initialises the step sizes. gate_step: "rms" scales the gates' momentum so the root-mean-square move is
+    ``gate_lr`` (one gate at most 5x that), "max" so the largest move is ``gate_lr`` (the rule before 2026-12-02;
+    most gates then barely move). active_only: the constraint direction pushes only gates that are on (False: also
+    those already off, the rule before 2026-12-02, which dilutes the push).
     """
 
     bop_budget: float = 1.0
@@ -35,6 +39,8 @@ class CGMQConfig(_config.JsonConfig):
     ref_bits: int = 4
     gate_momentum: float = 0.9
     freeze_fraction: float = 0.3
+    gate_step: str = "rms"
+    active_only: bool = True
 
     def __post_init__(self) -> None:
         if not self.bop_budget > 0:
@@ -56,5 +62,7 @@ class CGMQConfig(_config.JsonConfig):
             raise ConfigError(f"CGMQ freeze_fraction must be in [0, 1), got {self.freeze_fraction!r}")
         if not 0.0 <= self.gate_momentum < 1.0:
             raise ConfigError(f"CGMQ gate_momentum must be in [0, 1), got {self.gate_momentum!r}")
+        if self.gate_step not in GATE_STEPS:
+            raise ConfigError(f"CGMQ gate_step {self.gate_step!r} is not known; accepted: {', '.join(GATE_STEPS)}")
         if not self.factor > 1:
             raise ConfigError(f"CGMQ factor must be greater than 1 (CGGD), got {self.factor!r}")
