@@ -192,6 +192,34 @@ def test_projection_is_deterministic_and_lands_within_the_bound():
     assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
 
 
+@pytest.mark.parametrize("granularity", ["layer", "channel"])
+def test_fill_spends_the_budget_on_the_gates_nearest_to_on_and_stays_within_the_bound(granularity):
+    cfg = CGMQConfig(bop_budget=0.25, granularity=granularity, bits=[2, 4, 8])
+    results = []
+    for _ in range(2):
+        model = lenet(cfg)
+        gen = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            for g in cgmq.gate_parameters(model):
+                g.copy_(-torch.rand(g.shape, generator=gen))  # every gate off: 2/2 bits, far below the bound
+        constraint = cgmq.BopConstraint(model, SHAPE, cfg)
+        before = torch.cat([g.detach().flatten().clone() for g in cgmq.gate_parameters(model)])
+        low = float(constraint.bops())
+        switched = constraint.fill()
+        after = torch.cat([g.detach().flatten() for g in cgmq.gate_parameters(model)])
+        on = after > 0
+        assert switched == int(on.sum()) > 0
+        assert low < float(constraint.bops()) <= constraint.bound
+        assert before[on].min() > before[~on].max()  # the gates nearest to on, in order
+        assert constraint.fill() == 0 or float(constraint.bops()) <= constraint.bound
+        results.append(after.clone())
+    assert torch.equal(*results)  # deterministic
+    with torch.no_grad():
+        for g in cgmq.gate_parameters(model):
+            g.fill_(1.0)  # every gate on: above the bound, nothing to fill
+    assert constraint.fill() == 0
+
+
 def test_infeasible_bound_is_refused_with_the_minimum():
     with pytest.raises(ConfigError, match=r"below the cheapest configuration .*934560 BOPs"):
         lenet(CGMQConfig(bop_budget=0.01))

@@ -338,8 +338,12 @@ def _bound_sections(run_dir: Path) -> list[tuple[str, str]]:
     met = "met" if last["bops"] <= last["bops_bound"] else "NOT met"
     lines = [f"BOP bound {last['bops_bound']:.6g} per sample; final model {last['bops']:.6g} BOPs: bound {met}."]
     projected = last.get("projected_gates", 0)
-    lines.append(f"Training ended above the bound; the final projection switched off {projected} gate(s)."
-                 if projected else "Training ended within the bound; no projection was needed.")
+    lines.append(f"The gates ended above the bound; the projection switched off {projected} gate(s) (when the gates "
+                 "froze, or after the last step)." if projected else
+                 "Training ended within the bound; no projection was needed.")
+    if last.get("filled_gates"):
+        lines.append(f"The gates froze below the bound; the fill switched on {last['filled_gates']} gate(s) to spend "
+                     "the budget.")
     for name, title in (("bops_trajectory.png", "BOPs over training"), ("bits_chart.png", "Learned bit widths")):
         if (run_dir / name).exists():
             lines.append(f"\n![{title}]({name})")

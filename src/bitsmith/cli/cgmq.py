@@ -26,6 +26,8 @@ def cgmq_cmd(
                                               "2026-12-02)"),
     active_only: bool = typer.Option(True, "--active-only/--all-gates", help="constraint pushes only the gates "
                                      "that are on (--all-gates: also those off, the rule before 2026-12-02)"),
+    fill: bool = typer.Option(True, "--fill/--no-fill", help="when the gates freeze below the bound, switch on "
+                              "the off gates nearest to on while it holds"),
     epochs: int | None = typer.Option(None, help="epochs (default: 10 from a run, 30 from scratch)"),
     lr: float | None = typer.Option(None, help="learning rate (default: 1e-4 from a run, 1e-3 from scratch)"),
     batch_size: int | None = typer.Option(None, help="batch size (default: the source run's, or 64)"),
@@ -43,7 +45,8 @@ def cgmq_cmd(
 
     widths = parse_ints(bits, "--bits", "2,4,8,16,32")
     cfg = CGMQConfig(bop_budget=bop_budget, relative_to=relative_to, granularity=granularity, bits=widths,
-                     gate_lr=gate_lr, factor=factor, gate_step=gate_step, active_only=active_only)
+                     gate_lr=gate_lr, factor=factor, gate_step=gate_step, active_only=active_only,
+                     fill=fill)
     metrics = train_method("cgmq", cfg, out, source=source, model=model, dataset=dataset, data_root=data_root,
                            seed=seed, threads=threads, batch_size=batch_size, epochs=epochs, lr=lr,
                            scheduler=scheduler, quiet=quiet)

@@ -45,6 +45,7 @@ class CGMQCallback(Callback):
         self.trajectory: list[float] = []
         self.current = float(self.constraint.bops())
         self.projected = 0
+        self.filled = 0
         self.momentum: list[torch.Tensor] | None = None
 
     @property
@@ -71,6 +72,8 @@ class CGMQCallback(Callback):
                 module.frozen = frozen
         if epoch == self._freeze_epoch(trainer):
             self.projected += self.constraint.project()
+            if self.config.fill:
+                self.filled += self.constraint.fill()
             with torch.no_grad():
                 self.current = float(self.constraint.bops())
 
@@ -134,22 +137,24 @@ class CGMQCallback(Callback):
         metrics["bound_met"] = metrics["bops"] <= self.bound
         if epoch == trainer.config.epochs - 1:
             metrics["projected_gates"] = self.projected
+            metrics["filled_gates"] = self.filled
 
     def on_fit_end(self, trainer: Trainer, result: dict[str, Any]) -> None:
         """Final BOPs in the result; bits.json, the bit-width chart and the trajectory plot in the run."""
         result.update(bops=float(self.constraint.bops()), bops_bound=self.bound, projected_gates=self.projected,
-                      min_bops=self.constraint.min_bops)
+                      filled_gates=self.filled, min_bops=self.constraint.min_bops)
         result["bound_met"] = result["bops"] <= self.bound
         if trainer.out_dir is not None and dist.is_main():
             write_artifacts(self.constraint.model, Path(trainer.out_dir), self.trajectory, self.bound)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"trajectory": list(self.trajectory), "projected": self.projected,
+        return {"trajectory": list(self.trajectory), "projected": self.projected, "filled": self.filled,
                 "momentum": list(self.momentum) if self.momentum is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.trajectory = [float(v) for v in state.get("trajectory", [])]
         self.projected = int(state.get("projected", 0))
+        self.filled = int(state.get("filled", 0))
         if state.get("momentum") is not None:
             self.momentum = [t.to(g.device).clone() for t, g in zip(state["momentum"], self.gates, strict=True)]
 

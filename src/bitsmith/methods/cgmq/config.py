@@ -26,7 +26,8 @@ class CGMQConfig(_config.JsonConfig):
     initialises the step sizes. gate_step: "rms" scales the gates' momentum so the root-mean-square move is
     ``gate_lr`` (one gate at most 5x that), "max" so the largest move is ``gate_lr`` (the rule before 2026-12-02;
     most gates then barely move). active_only: the constraint direction pushes only gates that are on (False: also
-    those already off, the rule before 2026-12-02, which dilutes the push).
+    those already off, the rule before 2026-12-02, which dilutes the push). fill: when the gates freeze below
+    the bound, switch on the off gates nearest to on while the bound holds (the budget is spent, not left).
     """
 
     bop_budget: float = 1.0
@@ -41,6 +42,7 @@ class CGMQConfig(_config.JsonConfig):
     freeze_fraction: float = 0.3
     gate_step: str = "rms"
     active_only: bool = True
+    fill: bool = True
 
     def __post_init__(self) -> None:
         if not self.bop_budget > 0:

@@ -15,8 +15,9 @@ from bitsmith.methods.cgmq.config import CGMQConfig
 from bitsmith.methods.cgmq.gates import GatedQuantizer
 from bitsmith.quant import QuantConv2d, QuantLinear
 
-#: Value a gate is set to when the projection switches it off.
+#: Values a gate is set to when the projection switches it off / the fill switches it on.
 OFF = -1e-3
+ON = 1e-3
 
 
 def gated_layers(model: nn.Module) -> Iterator[tuple[str, QuantConv2d | QuantLinear]]:
@@ -77,4 +78,35 @@ class BopConstraint:
             mask = (g > 0) & (g <= threshold)
             switched += int(mask.sum())
             g.masked_fill_(mask, OFF)
+        return switched
+
+    @torch.no_grad()
+    def fill(self) -> int:
+        """If the exact BOPs are below the bound, switch on the gates that are off with the largest values (the
+        refinements the loss pushed up most recently) while the bound holds; deterministic. Returns the number
+        of gates switched on."""
+        if float(self.bops()) >= self.bound:
+            return 0
+        gates = gate_parameters(self.model)
+        values = torch.cat([g.detach().reshape(-1) for g in gates])
+        off = torch.unique(values[values <= 0]).flip(0)  # closest to on first
+        if len(off) == 0:
+            return 0
+        # thresholds between consecutive values: thresholds[i] switches on every gate down to off[i]
+        thresholds = torch.cat([(off[:-1] + off[1:]) / 2, off[-1:] - 1.0])
+        lo, hi = -1, len(thresholds) - 1  # lo: feasible (nothing switched on)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if float(self.bops(threshold=float(thresholds[mid]))) <= self.bound:
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo < 0:
+            return 0
+        threshold = float(thresholds[lo])
+        switched = 0
+        for g in gates:
+            mask = (g <= 0) & (g > threshold)
+            switched += int(mask.sum())
+            g.masked_fill_(mask, ON)
         return switched
