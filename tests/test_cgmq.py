@@ -4,6 +4,7 @@ resume, and bad input."""
 
 from __future__ import annotations
 
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -242,9 +243,11 @@ def test_result_loads_into_the_core_and_the_integer_forward_matches(granularity)
     with torch.no_grad():
         ref = model(x[:128])
         torch.testing.assert_close(core(x[:128]), ref, rtol=1e-5, atol=1e-5)
-        exact = integer_forward(core, x[:128])
-    assert (exact.argmax(1) == ref.argmax(1)).all()
-    assert ((exact - ref).abs().max() / ref.abs().max()).item() < 1e-5
+        exact = integer_forward(core, x[:128].double())
+        # the core layers in float64: float32 rounds an activation at a tie now and then (one code off)
+        ref64 = copy.deepcopy(core).double()(x[:128].double())
+    assert (exact.argmax(1) == ref64.argmax(1)).all()
+    assert ((exact - ref64).abs().max() / ref64.abs().max()).item() < 1e-9
     if granularity != "weight":  # per-weight widths are finer than bits.json's per-channel format
         cost = bitsmith.model_cost(core, SHAPE, bits=bits_assignment(core))
         assert cost.total_bops == pytest.approx(float(cb.constraint.bops()))
