@@ -177,15 +177,21 @@ def test_projection_guarantees_the_bound_when_training_is_too_short(tmp_path):
     assert "projection switched off" in report and "bound met" in report
 
 
+def _with_random_gates(cfg: CGMQConfig, seed: int, sign: float) -> nn.Module:
+    """A CGMQ LeNet-5 whose gates are seeded uniform values in (0, 1) times ``sign`` (+1: all on, -1: all off)."""
+    model = lenet(cfg)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for g in cgmq.gate_parameters(model):
+            g.copy_(sign * torch.rand(g.shape, generator=gen))
+    return model
+
+
 def test_projection_is_deterministic_and_lands_within_the_bound():
     cfg = CGMQConfig(bop_budget=0.15)
     results = []
     for _ in range(2):
-        model = lenet(cfg)
-        gen = torch.Generator().manual_seed(3)
-        with torch.no_grad():
-            for g in cgmq.gate_parameters(model):
-                g.copy_(torch.rand(g.shape, generator=gen))
+        model = _with_random_gates(cfg, seed=3, sign=1.0)
         constraint = cgmq.BopConstraint(model, SHAPE, cfg)
         switched = constraint.project()
         assert switched > 0 and float(constraint.bops()) <= constraint.bound
@@ -198,11 +204,7 @@ def test_fill_spends_the_budget_on_the_gates_nearest_to_on_and_stays_within_the_
     cfg = CGMQConfig(bop_budget=0.25, granularity=granularity, bits=[2, 4, 8])
     results = []
     for _ in range(2):
-        model = lenet(cfg)
-        gen = torch.Generator().manual_seed(5)
-        with torch.no_grad():
-            for g in cgmq.gate_parameters(model):
-                g.copy_(-torch.rand(g.shape, generator=gen))  # every gate off: 2/2 bits, far below the bound
+        model = _with_random_gates(cfg, seed=5, sign=-1.0)  # every gate off: 2/2 bits, far below the bound
         constraint = cgmq.BopConstraint(model, SHAPE, cfg)
         before = torch.cat([g.detach().flatten().clone() for g in cgmq.gate_parameters(model)])
         low = float(constraint.bops())
