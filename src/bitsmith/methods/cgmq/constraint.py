@@ -3,6 +3,7 @@ projection that guarantees the bound."""
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -56,29 +57,32 @@ class BopConstraint:
         a = {n: layer.act_quant.bit_width(ste, threshold) for n, layer in self.layers.items()}
         return self.cost.bops(w, a)
 
+    def _fits(self, threshold: float) -> bool:
+        """Whether the exact BOPs with every gate at or below ``threshold`` off are within the bound."""
+        return float(self.bops(threshold=threshold)) <= self.bound
+
+    def _set_gates(self, low: float, high: float, value: float) -> int:
+        """Set every gate with ``low < g <= high`` to ``value``; returns how many."""
+        switched = 0
+        for g in gate_parameters(self.model):
+            mask = (g > low) & (g <= high)
+            switched += int(mask.sum())
+            g.masked_fill_(mask, value)
+        return switched
+
+    def _gate_values(self) -> torch.Tensor:
+        return torch.cat([g.detach().reshape(-1) for g in gate_parameters(self.model)])
+
     @torch.no_grad()
     def project(self) -> int:
         """If the exact BOPs exceed the bound, switch off the gates with the smallest values (the least useful
         refinements) until they do not; deterministic. Returns the number of gates switched off."""
         if float(self.bops()) <= self.bound:
             return 0
-        gates = gate_parameters(self.model)
-        values = torch.cat([g.detach().reshape(-1) for g in gates])
-        candidates = torch.unique(values[values > 0])  # sorted
-        lo, hi = 0, len(candidates) - 1  # switching off everything up to candidates[-1] reaches min_bops
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if float(self.bops(threshold=float(candidates[mid]))) <= self.bound:
-                hi = mid
-            else:
-                lo = mid + 1
-        threshold = float(candidates[lo])
-        switched = 0
-        for g in gates:
-            mask = (g > 0) & (g <= threshold)
-            switched += int(mask.sum())
-            g.masked_fill_(mask, OFF)
-        return switched
+        values = self._gate_values()
+        candidates = torch.unique(values[values > 0])  # ascending; switching all of them off reaches min_bops
+        first = bisect.bisect_left(range(len(candidates)), True, key=lambda i: self._fits(float(candidates[i])))
+        return self._set_gates(0.0, float(candidates[first]), OFF)
 
     @torch.no_grad()
     def fill(self) -> int:
@@ -87,26 +91,9 @@ class BopConstraint:
         of gates switched on."""
         if float(self.bops()) >= self.bound:
             return 0
-        gates = gate_parameters(self.model)
-        values = torch.cat([g.detach().reshape(-1) for g in gates])
+        values = self._gate_values()
         off = torch.unique(values[values <= 0]).flip(0)  # closest to on first
-        if len(off) == 0:
-            return 0
-        # thresholds between consecutive values: thresholds[i] switches on every gate down to off[i]
+        # thresholds[i] lies just below off[i]: with it, every gate down to off[i] is on
         thresholds = torch.cat([(off[:-1] + off[1:]) / 2, off[-1:] - 1.0])
-        lo, hi = -1, len(thresholds) - 1  # lo: feasible (nothing switched on)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if float(self.bops(threshold=float(thresholds[mid]))) <= self.bound:
-                lo = mid
-            else:
-                hi = mid - 1
-        if lo < 0:
-            return 0
-        threshold = float(thresholds[lo])
-        switched = 0
-        for g in gates:
-            mask = (g <= 0) & (g > threshold)
-            switched += int(mask.sum())
-            g.masked_fill_(mask, ON)
-        return switched
+        over = bisect.bisect_left(range(len(thresholds)), True, key=lambda i: not self._fits(float(thresholds[i])))
+        return self._set_gates(float(thresholds[over - 1]), 0.0, ON) if over > 0 else 0
