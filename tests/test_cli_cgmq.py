@@ -47,6 +47,7 @@ def test_train_resume_keeps_the_constraint(tmp_path, cli):
     (("--bop-budget", "0.3", "--bits", "2,x"), "expected comma-separated integers"),
     (("--bop-budget", "0.3", "--bits", "8,4"), "increasing widths"),
     (("--bop-budget", "0.3", "--factor", "0.5"), "greater than 1"),
+    (("--bop-budget", "0.3", "--gate-step", "mean"), "gate_step 'mean' is not known; accepted: rms, max"),
     (("--bop-budget", "0.3", "--from", "{tmp}/missing"), "no such run directory"),
 ])
 def test_bad_cgmq_input(tmp_path, cli, args, needle):
