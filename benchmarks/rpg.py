@@ -107,9 +107,9 @@ def recipe_part(args: argparse.Namespace, seeds: list[int]) -> list[str]:
             reference = sweep(model_name, dataset, seeds, args.threads, args.out, (0.001, 0.003))
             full = {"reference": reference["reference_acc"], "cosine": []}
             ring = {("reference", p["ratio"]): p["test_acc"] for p in reference["points"]}
+            folder = args.out / "recipe" / f"{model_name}-{dataset}"
             for seed in seeds:
                 base = reference_config(model_name, dataset, seed, args.threads, **BETTER_RECIPE)
-                folder = args.out / "recipe" / f"{model_name}-{dataset}"
                 full["cosine"].append(searches._plain_run(base, folder / f"full-s{seed}", quiet=True)["test_acc"])
                 for ratio in (0.001, 0.003):
                     metrics = searches._run("rpg", rpg.RPGConfig(dof_ratio=ratio), folder / f"r{ratio:g}-s{seed}",
