@@ -397,11 +397,13 @@ def test_export_command_refuses_16_bit_onnx(float_run, tmp_path, cli):
     assert code == 0, err
 
 
-def test_quantized_residual_sums_let_onnxruntime_run_every_conv_in_integer(tmp_path) -> None:
-    """With residual_bits every input of each residual add is quantized (two per ResNet-20 block), the run rebuilds
-    from its config, and onnxruntime fuses every conv into QLinearConv (none left as a float conv)."""
-    pytest.importorskip("onnxruntime")
-    import onnxruntime as ort
+def test_quantized_residual_sums_let_onnxruntime_run_the_whole_network_in_integer(tmp_path) -> None:
+    """With residual_bits every input of each residual add is quantized (two per ResNet-20 block), each tensor by
+    one quantizer (a block's first conv and its projection shortcut share theirs, an identity shortcut uses the
+    first conv's), the run rebuilds from its config, the file has one QuantizeLinear per quantized tensor with
+    scalar scales, and onnxruntime runs every conv as QLinearConv and the residual adds (their ReLU absorbed) as
+    QLinearAdd: only the last add, which feeds the float average pool, stays float."""
+    onnx, ort = _onnx()
 
     from bitsmith import quantize, zoo
     from bitsmith.graph import trace
@@ -416,6 +418,10 @@ def test_quantized_residual_sums_let_onnxruntime_run_every_conv_in_integer(tmp_p
     for add in adds:
         assert all(graph.nodes[i].kind == "quant_act" for i in add.inputs)
     assert sum(isinstance(m, QuantAct) for m in qmodel.modules()) == 18
+    layer = qmodel.get_submodule
+    assert layer("layer2.0.shortcut.0").act_quant is layer("layer2.0.conv1").act_quant
+    assert qmodel.residual_quant_1.quant is layer("layer1.0.conv1").act_quant  # the first add's identity input
+    assert qmodel.residual_quant_0.quant is not layer("layer1.0.conv2").act_quant  # the conv's signed output
     x = torch.rand(256, 1, 16, 16)
     calibrate(qmodel, [x[i:i + 64] for i in range(0, 256, 64)])
     again = quantize(model, QConfig(weight_bits=8, act_bits=8, fold_bn=True, residual_bits=8))
@@ -425,11 +431,38 @@ def test_quantized_residual_sums_let_onnxruntime_run_every_conv_in_integer(tmp_p
     from bitsmith.export import to_onnx
 
     to_onnx(qmodel, tmp_path / "r.onnx", (1, 16, 16), data=x[:64], threads=1)
+    proto = onnx.load(str(tmp_path / "r.onnx"))
+    quantized = [n.input[0] for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+    assert len(quantized) == len(set(quantized))
+    inits = _initializers(tmp_path / "r.onnx")
+    assert all(inits[n.input[1]].shape == () for n in proto.graph.node if n.op_type == "QuantizeLinear")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(str(tmp_path / "r.onnx"), options, providers=["CPUExecutionProvider"])
-    import onnx
-
     ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
-    assert ops.count("QLinearConv") >= 19 and "Conv" not in ops  # the stem conv may stay float
+    assert ops.count("QLinearConv") == 21 and "Conv" not in ops and "FusedConv" not in ops
+    assert ops.count("QLinearAdd") == 8 and ops.count("Add") == 1 and ops.count("Relu") == 1
+
+
+def test_a_checkpoint_with_different_values_for_a_shared_quantizer_is_refused(resnet_run, tmp_path) -> None:
+    """A W8A8 run with 8-bit residual sums reloads exactly; a checkpoint whose entries for one shared quantizer
+    disagree (as runs made before quantizers were shared have) is refused in one line naming both entries."""
+    from bitsmith.engine.checkpoint import load_checkpoint, save_checkpoint
+    from bitsmith.errors import CheckpointError
+
+    out = tmp_path / "res8"
+    runs.quantize_run(resnet_run, QConfig(weight_bits=8, act_bits=8, fold_bn=True, residual_bits=8), out, ptq=True,
+                      calib_batches=2, num_threads=1, quiet=True)
+    model = runs.load_model(out)
+    assert model.residual_quant_1.quant is model.get_submodule("layer1.0.conv1").act_quant
+    path = out / "checkpoint.safetensors"
+    state = load_checkpoint(path)
+    shared = [k for k in state["model"] if k.startswith("residual_quant_1.quant.")]
+    assert shared
+    state["model"][shared[0]] = state["model"][shared[0]] + 1
+    save_checkpoint(path, state)
+    with pytest.raises(CheckpointError) as caught:
+        runs.load_model(out)
+    message = str(caught.value)
+    assert "\n" not in message and shared[0] in message and "layer1.0.conv1.act_quant." in message

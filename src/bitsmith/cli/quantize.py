@@ -21,8 +21,9 @@ def quantize_cmd(
     per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="one weight scale per output channel"),
     first_last_bits: int = typer.Option(8, help="bit width of the first and last layers (0 = same as the rest)"),
     fold_bn: bool = typer.Option(False, "--fold-bn", help="fold BatchNorm into the preceding conv before QAT"),
-    residual_bits: int = typer.Option(0, help="also quantize every input of each residual add at this width, so "
-                                      "integer runtimes keep the convs before it integer (0 = residual sums float)"),
+    residual_bits: int = typer.Option(0, help="also quantize every input of each residual add at this width, each "
+                                      "tensor once, so integer runtimes keep the convs and the sums integer (0 = "
+                                      "residual sums float)"),
     ptq: bool = typer.Option(False, "--ptq", help="calibrate only (post-training quantization), no training"),
     observer: str = typer.Option("mse", help="calibration observer: minmax | percentile | mse"),
     calib_batches: int = typer.Option(8, help="batches used for calibration"),

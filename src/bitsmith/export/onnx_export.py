@@ -101,9 +101,10 @@ class _Emitter:
         return candidate
 
     def const(self, name: str, array: np.ndarray) -> str:
-        """Add an initializer and return its name."""
+        """Add an initializer and return its name. A 0-d array stays a scalar (``np.ascontiguousarray`` would make it
+        shape (1,), which onnxruntime does not take as a per-tensor scale when it fuses QLinearAdd)."""
         name = self.unique(name)
-        self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.initializers.append(self.onnx.numpy_helper.from_array(np.require(array, requirements="C"), name))
         return name
 
     def op(self, op_type: str, inputs: Sequence[str], output: str, name: str | None = None, **attrs: Any) -> str:
@@ -291,8 +292,18 @@ class _GraphWriter:
         self.out: dict[int, str] = {}
         self.compare: list[dict[str, Any]] = []
         self.calls: Counter[str] = Counter()
+        self.quantized: dict[tuple[str, int], str] = {}
         self.plan, self.folded, self.unfolded = _fold_plan(graph, fold_bn)
         self.folded_bn_nodes = {fold.bn_node.index for fold in self.plan.values()}
+
+    def qdq(self, x: str, quantizer: nn.Module, params: QParams, base: str, what: str) -> str:
+        """The QuantizeLinear/DequantizeLinear of ``x`` by ``quantizer``, emitted once: a quantizer shared by several
+        readers of one tensor (``QConfig.residual_bits``) gives one QuantizeLinear, as integer hardware stores the
+        tensor once, and onnxruntime can then fuse the ReLU and the residual add before it into integer kernels."""
+        key = (x, id(quantizer))
+        if key not in self.quantized:
+            self.quantized[key] = self.e.qdq(x, params, base, what)
+        return self.quantized[key]
 
     def record(self, node: Node, tensor: str, kind: str | None = None) -> None:
         """Remember ``tensor`` as the output of ``node`` and, for a module, list it for the parity check."""
@@ -360,7 +371,8 @@ class _GraphWriter:
         name = node.module_name
         act = quantizer_params(module.act_quant, name) if isinstance(module, _QuantLayer) else None
         if act is not None:
-            x = self.e.qdq(x, act, f"{name}.input", f"input activation of '{name}' ({_bits_text(act)} bits)")
+            x = self.qdq(x, module.act_quant, act, f"{name}.input",
+                         f"input activation of '{name}' ({_bits_text(act)} bits)")
         fold = self.plan.get(node.index)
         w, b = _layer_weight(self.e, module, name, fold, act)
         target = fold.bn_node if fold is not None else node
@@ -469,7 +481,7 @@ class _GraphWriter:
         params = quantizer_params(quantizer, name)
         if params is None:
             return x
-        return self.e.qdq(x, params, name, f"activation '{name}' ({_bits_text(params)} bits)")
+        return self.qdq(x, quantizer, params, name, f"activation '{name}' ({_bits_text(params)} bits)")
 
     def batchnorm(self, node: Node, module: nn.Module, x: str, name: str) -> str:
         """A BatchNorm that is not folded, as BatchNormalization with its running statistics."""

@@ -28,11 +28,12 @@ def symbolic_trace(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
 
 
-def insert_before(model: nn.Module, kind: str, make: Callable[[int], nn.Module | None],
+def insert_before(model: nn.Module, kind: str, make: Callable[[int, list[str]], nn.Module | None],
                   prefix: str) -> tuple[fx.GraphModule, int]:
     """A GraphModule of ``model`` (sharing its submodules) in which every tensor input of each functional op of
-    ``kind`` (e.g. "add") first passes through the module ``make(i)`` (i counts the inserted ones; None skips that
-    input), registered as ``{prefix}{i}``. Returns the module and how many were inserted."""
+    ``kind`` (e.g. "add") first passes through the module ``make(i, readers)`` (i counts the inserted ones;
+    ``readers``: the names of the submodules that also read that tensor; None skips that input), registered as
+    ``{prefix}{i}``. Returns the module and how many were inserted."""
     gm = symbolic_trace(model)
     count = 0
     for fxn in list(gm.graph.nodes):
@@ -41,7 +42,7 @@ def insert_before(model: nn.Module, kind: str, make: Callable[[int], nn.Module |
         if function_kind(op_name(fxn.target), fxn.name) != kind:
             continue
         for arg in dict.fromkeys(_fx_inputs(fxn.args, fxn.kwargs)):
-            module = make(count)
+            module = make(count, _module_readers(arg))
             if module is None:
                 continue
             name = f"{prefix}{count}"
@@ -53,6 +54,18 @@ def insert_before(model: nn.Module, kind: str, make: Callable[[int], nn.Module |
     gm.graph.lint()
     gm.recompile()
     return gm, count
+
+
+def shared_readers(model: nn.Module) -> list[list[str]]:
+    """For each tensor of ``model`` that two or more submodules read, the names of those submodules (in graph
+    order), e.g. a ResNet block's first conv and its projection shortcut."""
+    gm = symbolic_trace(model)
+    groups = [_module_readers(fxn) for fxn in gm.graph.nodes]
+    return [group for group in groups if len(group) > 1]
+
+
+def _module_readers(fxn: fx.Node) -> list[str]:
+    return [str(user.target) for user in fxn.users if user.op == "call_module"]
 
 
 def _fx_inputs(args: Any, kwargs: Any) -> list[fx.Node]:

@@ -58,8 +58,10 @@ class QConfig(_config.JsonConfig):
     weight_symmetric/act_symmetric: zero point 0. init: scale initialisation from the first batch ("mse" or
     "minmax"). overrides: per module name, any of weight_bits (int or one per output channel), act_bits,
     method, per_channel, keep. bits_file: a bits.json applied before the overrides. residual_bits: also quantize
-    every input of each residual add (a QuantAct at that width, signedness from data), so that integer runtimes can
-    keep the convs that feed a residual sum in integer arithmetic (None: residual sums stay float).
+    every input of each residual add (a QuantAct at that width, signedness from data), and quantize each tensor once
+    (layers reading one tensor at one width share their input quantizer; an add input a layer also reads at this
+    width uses that layer's), so that integer runtimes run the convs and the residual sums in integer arithmetic
+    (None: residual sums stay float).
     """
 
     weight_bits: int = 8

@@ -26,7 +26,7 @@ from torch import nn
 from bitsmith import zoo
 from bitsmith.cost.bits import BitsAssignment, LayerBits
 from bitsmith.errors import ConfigError, UnsupportedLayerError
-from bitsmith.graph import Graph, insert_before, trace
+from bitsmith.graph import Graph, insert_before, shared_readers, trace
 from bitsmith.quant.config import QConfig
 from bitsmith.quant.layers import QuantAct, QuantConv2d, QuantLinear, _QuantLayer
 
@@ -260,14 +260,26 @@ RESIDUAL_PREFIX = "residual_quant_"
 
 def _quantize_residuals(qmodel: nn.Module, qconfig: QConfig, traced: bool) -> nn.Module:
     """``qmodel`` as a GraphModule with a QuantAct on every input of each add (its residual sums), keeping the zoo
-    spec so the result re-traces, costs and exports like the original."""
+    spec so the result re-traces, costs and exports like the original. Each tensor is quantized once, as integer
+    hardware stores it once: quantized layers reading the same tensor at the same width share one input quantizer
+    (a block's first conv and its projection shortcut), and an add input that a quantized layer also reads at
+    ``residual_bits`` reuses that layer's quantizer (the identity shortcut)."""
     if not traced:
         raise ConfigError("residual_bits needs the model's input shape: pass example_input_shape=(C, H, W)")
     bits = qconfig.residual_bits
     method = "lsq" if qconfig.method == "pact" else qconfig.method
-    gm, count = insert_before(qmodel, "add", lambda i: QuantAct(
-        bits, method=method, signed=None, symmetric=qconfig.act_symmetric, init=qconfig.init,
-        name=f"{RESIDUAL_PREFIX}{i}"), RESIDUAL_PREFIX)
+    _share_input_quantizers(qmodel)
+
+    def make(i: int, readers: list[str]) -> QuantAct:
+        name = f"{RESIDUAL_PREFIX}{i}"
+        for reader in readers:
+            layer = qmodel.get_submodule(reader)
+            if isinstance(layer, _QuantLayer) and layer.act_bits == bits:
+                return QuantAct.sharing(layer.act_quant)
+        return QuantAct(bits, method=method, signed=None, symmetric=qconfig.act_symmetric, init=qconfig.init,
+                        name=name)
+
+    gm, count = insert_before(qmodel, "add", make, RESIDUAL_PREFIX)
     if count == 0:
         warnings.warn("quantize: residual_bits is set but the model has no add to quantize", UserWarning,
                       stacklevel=3)
@@ -275,6 +287,23 @@ def _quantize_residuals(qmodel: nn.Module, qconfig: QConfig, traced: bool) -> nn
         gm.bitsmith_spec = qmodel.bitsmith_spec
     gm.train(qmodel.training)
     return gm
+
+
+def _share_input_quantizers(qmodel: nn.Module) -> None:
+    """Give quantized layers that read one tensor with the same kind of input quantizer (width, method, sign) the
+    first one's quantizer."""
+    for readers in shared_readers(qmodel):
+        first: dict[tuple[Any, ...], nn.Module] = {}
+        for name in readers:
+            layer = qmodel.get_submodule(name)
+            if not isinstance(layer, _QuantLayer) or layer.act_bits >= 32:
+                continue
+            quant = layer.act_quant
+            key = (type(quant), layer.act_bits, getattr(quant, "_signed", None))
+            if key in first:
+                layer.act_quant = first[key]
+            else:
+                first[key] = quant
 
 
 def bits_assignment(qmodel: nn.Module) -> BitsAssignment:

@@ -193,6 +193,15 @@ class QuantAct(nn.Module):
         self.quant = make_quantizer(method, bits, role="activation", signed=signed, symmetric=symmetric,
                                     init=init, name=name, learnable=learnable)
 
+    @classmethod
+    def sharing(cls, quantizer: nn.Module) -> QuantAct:
+        """A QuantAct that applies an existing activation quantizer (same scale and parameters), for a tensor
+        that a layer with that input quantizer also reads."""
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module.quant = quantizer
+        return module
+
     @property
     def bits(self) -> int:
         """Bit width of the quantized activation."""
