@@ -6,7 +6,7 @@ onnxruntime runs, parity, and the size of the packed format.
     .venv/bin/python -m benchmarks.export --threads 1 --no-write   # print only
 
 Models: ResNet-20 trained on digits with the reference recipe (cached under benchmarks/out/export), quantized
-W8A8 by PTQ with BatchNorm folded before quantization (``bitsmith quantize --ptq --fold-bn``, MSE observer,
+W8A8 (and W7A8) by PTQ with BatchNorm folded before quantization (``bitsmith quantize --ptq --fold-bn``, MSE observer,
 8 calibration batches), exported with ``bitsmith.export.to_onnx`` (opset 13, parity-checked on the test split).
 FP32 onnxruntime runs the float model exported by the same writer (BN folded in float). Timing: inference on a
 batch of 1 and of 64 test images, every variant in this process with the same thread count (torch threads and
@@ -46,13 +46,13 @@ def float_run(epochs: int, seed: int, threads: int) -> Path:
     return out
 
 
-def w8a8_run(source: Path, threads: int, residual_bits: int | None = None) -> Path:
-    """The W8A8 PTQ run of ``source`` with BatchNorm folded before quantization (created once); with
-    ``residual_bits`` the residual sums are quantized too."""
+def w8a8_run(source: Path, threads: int, residual_bits: int | None = None, weight_bits: int = 8) -> Path:
+    """The W8A8 (or W``weight_bits``A8) PTQ run of ``source`` with BatchNorm folded before quantization (created
+    once); with ``residual_bits`` the residual sums are quantized too."""
     suffix = f"-res{residual_bits}" if residual_bits else ""
-    out = source.parent / f"{source.name}-w8a8-ptq-foldbn{suffix}"
+    out = source.parent / f"{source.name}-w{weight_bits}a8-ptq-foldbn{suffix}"
     if not runs.run_finished(out) and not (out / "checkpoint.safetensors").exists():
-        qcfg = QConfig(weight_bits=8, act_bits=8, fold_bn=True, residual_bits=residual_bits)
+        qcfg = QConfig(weight_bits=weight_bits, act_bits=8, fold_bn=True, residual_bits=residual_bits)
         runs.quantize_run(source, qcfg, out, ptq=True, observer="mse", num_threads=threads, quiet=True)
     return out
 
@@ -135,7 +135,7 @@ def speed_section(float_model: torch.nn.Module, qmodels: dict[str, tuple[Path, t
 
         variants: dict[str, Callable[[], object]] = {"PyTorch FP32": torch_call}
         for label, (_, qmodel) in qmodels.items():
-            variants[f"PyTorch fake-quant W8A8, {label}"] = lambda xb=xb, m=qmodel: torch_call(m, xb)
+            variants[f"PyTorch fake-quant {label}"] = lambda xb=xb, m=qmodel: torch_call(m, xb)
         variants["onnxruntime FP32"] = lambda feed=feed: sessions["fp32"].run(None, feed)
         for label in qmodels:
             variants[f"onnxruntime int8 (QDQ), {label}"] = lambda feed=feed, k=label: sessions[k].run(None, feed)
@@ -145,8 +145,9 @@ def speed_section(float_model: torch.nn.Module, qmodels: dict[str, tuple[Path, t
         "",
         f"ResNet-20 trained on digits (run {next(iter(qmodels.values()))[0].name.split('-w8a8')[0]}), W8A8 PTQ with "
         "BatchNorm folded before quantization (`bitsmith quantize --ptq --fold-bn`), residual sums in float or "
-        "quantized to 8 bits (`--residual-bits 8`), each exported by `bitsmith export --format onnx` and "
-        "parity-checked on the test split:",
+        "quantized to 8 bits (`--residual-bits 8`), and the same with 7-bit weights (signed codes that fit int8 "
+        "without the uint8 shift, so onnxruntime's u8s8 kernels run instead of u8u8; docs/EXPORT.md), each exported "
+        "by `bitsmith export --format onnx` and parity-checked on the test split:",
         "",
     ]
     for label, (result, _) in exported.items():
@@ -241,8 +242,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     source = float_run(args.epochs, args.seed, args.threads)
-    qruns = {"residual sums float": w8a8_run(source, args.threads),
-             "residual sums 8-bit": w8a8_run(source, args.threads, residual_bits=8)}
+    qruns = {"W8A8, residual sums float": w8a8_run(source, args.threads),
+             "W8A8, residual sums 8-bit": w8a8_run(source, args.threads, residual_bits=8),
+             "W7A8, residual sums 8-bit": w8a8_run(source, args.threads, residual_bits=8, weight_bits=7)}
     float_model = runs.load_model(source)
     qmodels = {label: (run, runs.load_model(run)) for label, run in qruns.items()}
     cfg = runs.train_config(source)
