@@ -195,3 +195,40 @@ def test_tracing_a_quantized_model_leaves_its_quantizers_uninitialised():
     assert not any(m.act_quant.is_initialized for m in layers.values())  # zeros carry no range
     assert graph.by_module("features.3").attrs["weight_bits"] == 4
     assert bits_assignment(qmodel).layers["features.3"].weight_bits == 4
+
+
+class _TwoAdds(nn.Module):
+    """A ReLU output read by a conv and by two residual adds, then a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.a = nn.Conv2d(4, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        y = x + self.a(x)
+        z = x + self.b(y)
+        return self.head(z.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("act_bits", [8, 4])
+def test_residual_bits_quantize_each_tensor_once(act_bits):
+    """With residual_bits every add input gets a QuantAct, and one tensor has one quantizer: the ReLU output's
+    QuantActs use conv a's input quantizer when it has the residual width, else share one of their own; the
+    model still matches the same conversion reloaded from its state dict."""
+    torch.manual_seed(0)
+    config = QConfig(weight_bits=8, act_bits=act_bits, first_last_bits=None, residual_bits=8)
+    q = quantize(_TwoAdds(), config, example_input_shape=(1, 8, 8))
+    on_relu = [q.residual_quant_0.quant, q.residual_quant_2.quant]
+    assert on_relu[0] is on_relu[1]
+    assert (on_relu[0] is q.a.act_quant) == (act_bits == 8)
+    assert q.residual_quant_1.quant is not on_relu[0] and q.residual_quant_3.quant is not q.residual_quant_1.quant
+    x = torch.rand(16, 1, 8, 8)
+    calibrate(q, [x])
+    again = quantize(_TwoAdds(), config, example_input_shape=(1, 8, 8))
+    again.load_state_dict(q.state_dict())
+    with torch.no_grad():
+        assert torch.equal(again.eval()(x), q.eval()(x))

@@ -270,14 +270,21 @@ def _quantize_residuals(qmodel: nn.Module, qconfig: QConfig, traced: bool) -> nn
     method = "lsq" if qconfig.method == "pact" else qconfig.method
     _share_input_quantizers(qmodel)
 
+    made: dict[str, QuantAct] = {}
+
     def make(i: int, readers: list[str]) -> QuantAct:
         name = f"{RESIDUAL_PREFIX}{i}"
         for reader in readers:
+            if reader in made:  # the tensor also enters an add quantized before
+                made[name] = QuantAct.sharing(made[reader].quant)
+                return made[name]
             layer = qmodel.get_submodule(reader)
             if isinstance(layer, _QuantLayer) and layer.act_bits == bits:
-                return QuantAct.sharing(layer.act_quant)
-        return QuantAct(bits, method=method, signed=None, symmetric=qconfig.act_symmetric, init=qconfig.init,
-                        name=name)
+                made[name] = QuantAct.sharing(layer.act_quant)
+                return made[name]
+        made[name] = QuantAct(bits, method=method, signed=None, symmetric=qconfig.act_symmetric, init=qconfig.init,
+                              name=name)
+        return made[name]
 
     gm, count = insert_before(qmodel, "add", make, RESIDUAL_PREFIX)
     if count == 0:
