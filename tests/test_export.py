@@ -447,12 +447,13 @@ def test_quantized_residual_sums_let_onnxruntime_run_the_whole_network_in_intege
 
 def test_a_checkpoint_with_different_values_for_a_shared_quantizer_is_refused(resnet_run, tmp_path) -> None:
     """A W8A8 run with 8-bit residual sums reloads exactly; a checkpoint whose entries for one shared quantizer
-    disagree (as runs made before quantizers were shared have) is refused in one line naming both entries."""
+    disagree (as runs made before quantizers were shared have) is refused in one line naming both entries, by
+    loading and by resuming."""
     from bitsmith.engine.checkpoint import load_checkpoint, save_checkpoint
     from bitsmith.errors import CheckpointError
 
     out = tmp_path / "res8"
-    runs.quantize_run(resnet_run, QConfig(weight_bits=8, act_bits=8, fold_bn=True, residual_bits=8), out, ptq=True,
+    runs.quantize_run(resnet_run, QConfig(weight_bits=8, act_bits=8, fold_bn=True, residual_bits=8), out, epochs=1,
                       calib_batches=2, num_threads=1, quiet=True)
     model = runs.load_model(out)
     assert model.residual_quant_1.quant is model.get_submodule("layer1.0.conv1").act_quant
@@ -466,3 +467,6 @@ def test_a_checkpoint_with_different_values_for_a_shared_quantizer_is_refused(re
         runs.load_model(out)
     message = str(caught.value)
     assert "\n" not in message and shared[0] in message and "layer1.0.conv1.act_quant." in message
+    with pytest.raises(CheckpointError) as caught:
+        runs.resume_run(out, quiet=True)
+    assert str(caught.value) == message

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from bitsmith import _config, _io
@@ -31,6 +30,7 @@ from bitsmith.engine import (
     save_run,
     train,
 )
+from bitsmith.engine.checkpoint import check_shared
 from bitsmith.errors import CheckpointError, ConfigError
 
 
@@ -223,23 +223,8 @@ def _trained(run_dir: str | Path) -> tuple[nn.Module, tuple[int, ...]]:
         model.load_state_dict(weights)
     except (RuntimeError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{path}: checkpoint does not match the run's model ({_load_problem(exc)})") from None
-    _check_shared(model, weights, path)
+    check_shared(model, weights, path)
     return model.eval(), (train_ds.in_channels, *train_ds.image_size)
-
-
-def _check_shared(model: nn.Module, weights: dict[str, Any], path: Path) -> None:
-    """Refuse a checkpoint that gives different values to names the model shares one tensor under (e.g. one
-    activation quantizer read by two layers), instead of silently keeping whichever loaded last."""
-    names: dict[int, list[str]] = {}
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        names.setdefault(id(tensor), []).append(name)
-    for group in names.values():
-        given = [n for n in group if isinstance(weights.get(n), torch.Tensor)]
-        differ = [n for n in given[1:] if not torch.equal(weights[given[0]], weights[n])]
-        if differ:
-            raise CheckpointError(f"{path}: checkpoint has different values for {given[0]} and {differ[0]}, which "
-                                  "this version of the model shares (one quantizer per tensor); the run was made "
-                                  "by an older bitsmith: re-create it")
 
 
 def _load_problem(exc: BaseException) -> str:

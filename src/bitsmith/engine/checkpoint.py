@@ -84,3 +84,18 @@ def model_state(state: dict[str, Any]) -> dict[str, torch.Tensor]:
         return state["model"]
     except KeyError:
         raise CheckpointError("checkpoint holds no model state") from None
+
+
+def check_shared(model: torch.nn.Module, weights: dict[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint that gives different values to names the model shares one tensor under (e.g. one
+    activation quantizer read by two layers), instead of silently keeping whichever loaded last."""
+    names: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        names.setdefault(id(tensor), []).append(name)
+    for group in names.values():
+        given = [n for n in group if isinstance(weights.get(n), torch.Tensor)]
+        differ = [n for n in given[1:] if not torch.equal(weights[given[0]], weights[n])]
+        if differ:
+            raise CheckpointError(f"{path}: checkpoint has different values for {given[0]} and {differ[0]}, which "
+                                  "this version of the model shares (one quantizer per tensor); the run was made "
+                                  "by an older bitsmith: re-create it")

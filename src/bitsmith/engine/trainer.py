@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from bitsmith import _config, _io
 from bitsmith.engine import distributed as dist
 from bitsmith.engine.callbacks import Callback
-from bitsmith.engine.checkpoint import load_checkpoint, save_checkpoint
+from bitsmith.engine.checkpoint import check_shared, load_checkpoint, save_checkpoint
 from bitsmith.engine.config import TrainConfig
 from bitsmith.engine.progress import EpochProgress
 from bitsmith.engine.seeding import rng_state, seed_everything, set_rng_state
@@ -206,6 +206,7 @@ class Trainer:
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise CheckpointError(f"{self.out_dir / CHECKPOINT_FILE}: cannot resume from it ({msg})") from None
+        check_shared(self.model, state["model"], self.out_dir / CHECKPOINT_FILE)
         self._nonfinite = sum(r.get("type") in NONFINITE_RECORDS for r in self.history)
         self._saved_epoch = epoch + 1
         # a crash between the checkpoint and the metrics write leaves metrics.jsonl one epoch behind: catch it up
