@@ -272,18 +272,22 @@ def _quantize_residuals(qmodel: nn.Module, qconfig: QConfig, traced: bool) -> nn
 
     made: dict[str, QuantAct] = {}
 
-    def make(i: int, readers: list[str]) -> QuantAct:
-        name = f"{RESIDUAL_PREFIX}{i}"
+    def reader_quantizer(readers: list[str]) -> nn.Module | None:
+        """The quantizer that another reader of the tensor already applies at ``bits``: an add's QuantAct made
+        before, or a quantized layer's input quantizer."""
         for reader in readers:
-            if reader in made:  # the tensor also enters an add quantized before
-                made[name] = QuantAct.sharing(made[reader].quant)
-                return made[name]
+            if reader in made:
+                return made[reader].quant
             layer = qmodel.get_submodule(reader)
             if isinstance(layer, _QuantLayer) and layer.act_bits == bits:
-                made[name] = QuantAct.sharing(layer.act_quant)
-                return made[name]
-        made[name] = QuantAct(bits, method=method, signed=None, symmetric=qconfig.act_symmetric, init=qconfig.init,
-                              name=name)
+                return layer.act_quant
+        return None
+
+    def make(i: int, readers: list[str]) -> QuantAct:
+        name = f"{RESIDUAL_PREFIX}{i}"
+        quant = reader_quantizer(readers)
+        made[name] = QuantAct.sharing(quant) if quant is not None else QuantAct(
+            bits, method=method, signed=None, symmetric=qconfig.act_symmetric, init=qconfig.init, name=name)
         return made[name]
 
     gm, count = insert_before(qmodel, "add", make, RESIDUAL_PREFIX)
@@ -306,7 +310,7 @@ def _share_input_quantizers(qmodel: nn.Module) -> None:
             if not isinstance(layer, _QuantLayer) or layer.act_bits >= 32:
                 continue
             quant = layer.act_quant
-            key = (type(quant), layer.act_bits, getattr(quant, "_signed", None))
+            key = (type(quant), layer.act_bits, quant.signed)
             if key in first:
                 layer.act_quant = first[key]
             else:
