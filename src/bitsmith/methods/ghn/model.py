@@ -40,6 +40,15 @@ def _crop(s: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
     return s[:, top:top + kh, left:left + kw]
 
 
+def _cp_product(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``W[n, o, i, u, v] = Σ_r a[n, o, r] b[n, i, r] s[n, u, v, r]`` as one batched GEMM over the rank (the
+    in-channel x spatial factor first): 2-10x faster on CPU than the three-operand einsum."""
+    n, o, r = a.shape
+    i, kh, kw = b.shape[1], s.shape[1], s.shape[2]
+    inner = (b[:, :, None, :] * s.reshape(n, 1, kh * kw, r)).reshape(n, i * kh * kw, r)
+    return torch.bmm(a, inner.transpose(1, 2)).view(n, o, i, kh, kw)
+
+
 class GraphHyperNetwork(nn.Module):
     """Predicts all conv, linear and normalisation parameters of encoded graphs in one forward pass."""
 
@@ -102,7 +111,7 @@ class GraphHyperNetwork(nn.Module):
                 b = self.in_factor(z).view(n, c, r)
             a, b = _tile(a, out_channels, 1), _tile(b, in_channels, 1)
             s = _crop(self.spatial(z).view(n, k, k, r), kh, kw)
-            w = torch.einsum("nor,nir,nuvr->noiuv", a, b, s)
+            w = _cp_product(a, b, s)
             fan_in = in_channels * kh * kw
             rms = w.pow(2).mean(dim=(1, 2, 3, 4), keepdim=True).add(1e-8).sqrt()
             scale = (1.5 * torch.tanh(self.log_scale(z)) + 0.5 * math.log(2.0)).exp().view(n, 1, 1, 1, 1)
