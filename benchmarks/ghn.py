@@ -209,8 +209,9 @@ def encoders(dataset: str, threads: int) -> None:
     publish(f"ghn-encoders-{dataset}", lines)
 
 
-def speed(dataset: str, threads: int, source: str, count: int = 100) -> None:
-    """Prediction time per architecture (one at a time, and batched) for ``count`` test architectures."""
+def speed(dataset: str, threads: int, source: str, ghn_arg: str | None, count: int = 100) -> None:
+    """Prediction time per architecture (one at a time, and batched) for ``count`` test architectures of
+    ``source`` (``ghn_arg``: the --ghn the command was given, if any)."""
     torch.set_num_threads(threads)
     ghn = ghn_lib.load_ghn(source)
     cfg = ghn.config
@@ -234,7 +235,8 @@ def speed(dataset: str, threads: int, source: str, count: int = 100) -> None:
         f"| batched, {count} at once | {1000 * batched:.1f} | – |",
         f"| graph tracing + encoding (once per architecture) | {encode_ms:.1f} | – |",
         "",
-        f"Command: `.venv-bench/bin/python -m benchmarks.ghn --part speed --dataset {dataset} --threads {threads}`. "
+        f"Command: `.venv-bench/bin/python -m benchmarks.ghn --part speed --dataset {dataset} --threads {threads}"
+        f"{'' if ghn_arg is None else ' --ghn ' + ghn_arg}`. "
         f"{environment()}",
     ]
     publish(f"ghn-speed-{dataset}", lines)
@@ -267,7 +269,7 @@ def main() -> None:
     elif args.part == "encoders":
         encoders(args.dataset, args.threads)
     else:
-        speed(args.dataset, args.threads, source)
+        speed(args.dataset, args.threads, source, args.ghn)
 
 
 if __name__ == "__main__":
