@@ -22,6 +22,8 @@ def directq_cmd(
     ideas: str = typer.Option("both", help="ablation: both | weights (direct weights only) | acts (channel-aware "
                                            "activations only) | none (core LSQ)"),
     step_gain: float = typer.Option(1.0, help="gain on each proposed weight step before it is rounded to a level"),
+    rounding: str = typer.Option("stochastic", help="how a proposed step lands on the grid: stochastic (unbiased) "
+                                                    "| greedy (per layer, the largest steps move one level)"),
     act_loss_weight: float = typer.Option(0.1, help="weight of the channel-aware activation objective"),
     act_trim: float = typer.Option(0.25, help="fraction of worst channels the activation objective ignores"),
     epochs: int | None = typer.Option(None, help="epochs (default: 10 from a run, 30 from scratch)"),
@@ -40,8 +42,8 @@ def directq_cmd(
     from bitsmith.methods.directq import DirectQConfig
 
     cfg = DirectQConfig.ablation(ideas, weight_bits=wbits, act_bits=abits, first_last_bits=first_last_bits or None,
-                                 per_channel=per_channel, step_gain=step_gain, act_loss_weight=act_loss_weight,
-                                 act_trim=act_trim, seed=seed)
+                                 per_channel=per_channel, step_gain=step_gain, rounding=rounding,
+                                 act_loss_weight=act_loss_weight, act_trim=act_trim, seed=seed)
     metrics = train_method("directq", cfg, out, source=source, model=model, dataset=dataset, data_root=data_root,
                            seed=seed, threads=threads, batch_size=batch_size, epochs=epochs, lr=lr,
                            scheduler=scheduler, quiet=quiet)
