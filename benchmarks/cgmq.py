@@ -80,7 +80,7 @@ def main() -> None:
         "",
         f"Command: `bash benchmarks/setup.sh && .venv-bench/bin/python -m benchmarks.cgmq --models {args.models} "
         f"--datasets {args.datasets} --bounds {args.bounds} --granularities {args.granularities} --seeds {args.seeds} "
-        f"--threads {args.threads}`",
+        f"--threads {args.threads}{'' if args.section == 'cgmq' else ' --section ' + args.section}`",
         "",
         "| model | dataset | bound (= uniform BOPs) | CGMQ gates | seeds | CGMQ accuracy (%) | uniform LSQ "
         "accuracy (%) | Δ (pt) | CGMQ BOPs / bound | bound met | runs projected |",
