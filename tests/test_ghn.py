@@ -24,6 +24,7 @@ from bitsmith.methods.ghn import (
     predict,
     predict_many,
     save_ghn,
+    schedule,
     shipped,
     steps_worth,
     train_ghn,
@@ -128,28 +129,60 @@ def _gated_gnn_node_by_node(gnn: GatedGNN, h: torch.Tensor, batch: Batch) -> tor
     n = h.shape[0]
 
     def sweep(h: torch.Tensor, order: range, backward: bool) -> torch.Tensor:
-        h = h.clone()
+        state = list(h)  # one tensor per node, replaced (not written in place) so that autograd can follow
         for v in order:
             incoming = [(d if backward else s, k) for s, d, k in edges if (s if backward else d) == v]
             if incoming:
-                msg = sum(gnn.message[0 if k == 1 else 1](h[u]) / k for u, k in incoming)
-                h[v] = gnn.gru(msg[None], h[v][None])[0]
-        return h
+                msg = sum(gnn.message[0 if k == 1 else 1](state[u]) / k for u, k in incoming)
+                state[v] = gnn.gru(msg[None], state[v][None])[0]
+        return torch.stack(state)
 
     for _ in range(gnn.layers):
         h = sweep(sweep(h, range(n), backward=False), range(n - 1, -1, -1), backward=True)
     return gnn.norm(h)
 
 
-@torch.no_grad()
 def test_level_batched_gated_gnn_equals_the_node_by_node_sweeps() -> None:
     torch.manual_seed(0)
     gnn = GatedGNN(16, layers=2)
     encodings = [encode(space.build_network(s, 10, 1, 16), SHAPE, cutoff=5) for s in space.split("val", 2)]
     batch = Batch.of(encodings)
     assert bool((batch.distance > 1).any())
-    h = torch.randn(batch.features.shape[0], 16)
-    assert torch.allclose(gnn(h, batch), _gated_gnn_node_by_node(gnn, h, batch), atol=1e-5)
+    h = torch.randn(batch.features.shape[0], 16, requires_grad=True)
+    fast, plain = gnn(h, batch), _gated_gnn_node_by_node(gnn, h, batch)
+    assert torch.allclose(fast, plain, atol=1e-5)
+    # the level-batched sweep rewrites its message buffer in place: its gradients must still be the plain ones
+    probe = torch.randn_like(fast)
+    inputs = [h, *gnn.parameters()]
+    for a, b in zip(torch.autograd.grad((fast * probe).sum(), inputs),
+                    torch.autograd.grad((plain * probe).sum(), inputs), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def _levels_as_sets(sweep: schedule.Sweep) -> list[tuple[set, set]]:
+    """Per level: the nodes it updates and its edges as (target, source, virtual, weight), in node ids."""
+    starts = torch.cumsum(torch.tensor([0, *sweep.sizes]), 0).tolist()
+    out = [({int(v) for v in sweep.order[: sweep.sizes[0]]}, set())]
+    for level, (row, slot, weight) in enumerate(sweep.edges, start=1):
+        assert int((row // 2).max()) < starts[level] and int(slot.max()) < sweep.sizes[level]  # reads earlier levels
+        nodes = sweep.order[starts[level]: starts[level + 1]]
+        edges = {(int(nodes[t]), int(sweep.order[r // 2]), int(r % 2), float(w))
+                 for r, t, w in zip(row, slot, weight[:, 0], strict=True)}
+        out.append(({int(v) for v in nodes}, edges))
+    assert torch.equal(sweep.order[sweep.position], torch.arange(len(sweep.order)))
+    return out
+
+
+def test_joined_schedule_is_the_schedule_of_the_joined_graph() -> None:
+    encodings = [encode(space.build_network(s, 10, 1, 16), SHAPE, cutoff=5) for s in space.split("val", 3)]
+    batch = Batch.of(encodings)
+    whole = schedule.sweeps(batch.features.shape[0], batch.edges, batch.distance)
+    for joined, direct in ((batch.sweeps.forward, whole.forward), (batch.sweeps.backward, whole.backward)):
+        assert joined.sizes == direct.sizes and len(joined.edges) == len(direct.sizes) - 1
+        assert _levels_as_sets(joined) == _levels_as_sets(direct)
+    real = int((batch.distance == 1).sum())
+    assert sum(len(e) for _, e in _levels_as_sets(whole.forward)) == len(batch.edges)
+    assert sum(sum(1 for edge in e if edge[2] == 0) for _, e in _levels_as_sets(whole.backward)) == real
 
 
 def test_ghn_file_round_trips_and_refuses_other_data(tmp_path) -> None:

@@ -6,11 +6,13 @@ Both read a :class:`Batch` (several encoded graphs joined into one) and return o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bitsmith.methods.ghn import schedule
 from bitsmith.methods.ghn.encoding import Encoding
 
 
@@ -23,6 +25,12 @@ class Batch:
     distance: torch.Tensor
     offsets: list[int]
     sizes: list[int]
+    encodings: list[Encoding]
+
+    @cached_property
+    def sweeps(self) -> schedule.Sweeps:
+        """The joined message-passing schedule of the graphs (each graph's own is computed when it is encoded)."""
+        return schedule.join([e.sweeps for e in self.encodings], self.sizes)
 
     @classmethod
     def of(cls, encodings: list[Encoding]) -> Batch:
@@ -37,43 +45,8 @@ class Batch:
             distance=torch.cat([e.distance for e in encodings]),
             offsets=offsets,
             sizes=[e.num_nodes for e in encodings],
+            encodings=list(encodings),
         )
-
-
-def _levels(num_nodes: int, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-    """Longest-path depth of every node of a DAG whose edges all go from lower to higher node index."""
-    level = [0] * num_nodes
-    order = torch.argsort(dst, stable=True)
-    for s, d in zip(src[order].tolist(), dst[order].tolist(), strict=True):
-        level[d] = max(level[d], level[s] + 1)
-    return torch.tensor(level, dtype=torch.long)
-
-
-def _schedule(num_nodes: int, src: torch.Tensor, dst: torch.Tensor, dist: torch.Tensor,
-              real: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Per depth level: (receiving nodes, each edge's message row, edge target slot, 1/distance as a column).
-
-    An edge's message row is ``2 * source + 1`` for a virtual edge and ``2 * source`` for a real one: the row of
-    :meth:`GatedGNN._messages`'s output viewed as (2n, hidden). Nodes and edges are grouped by level with one sort
-    each (no per-level scan), since this runs on every forward.
-    """
-    if num_nodes == 0:
-        return []
-    level = _levels(num_nodes, src[real], dst[real])
-    depth = int(level.max()) + 1
-    node_order = torch.argsort(level, stable=True)
-    node_counts = torch.bincount(level, minlength=depth)
-    first = torch.cumsum(node_counts, 0) - node_counts
-    slot = torch.empty(num_nodes, dtype=torch.long)
-    slot[node_order] = torch.arange(num_nodes) - first[level[node_order]]
-    edge_level = level[dst]
-    edge_order = torch.argsort(edge_level, stable=True)
-    edge_counts = torch.bincount(edge_level, minlength=depth).tolist()
-    weight = 1.0 / dist[edge_order, None].float()
-    row = 2 * src[edge_order] + (~real[edge_order]).long()
-    groups = zip(torch.split(node_order, node_counts.tolist()), torch.split(row, edge_counts),
-                 torch.split(slot[dst[edge_order]], edge_counts), torch.split(weight, edge_counts), strict=True)
-    return [step for lev, step in enumerate(groups) if lev > 0 and step[0].numel()]
 
 
 class GatedGNN(nn.Module):
@@ -106,33 +79,30 @@ class GatedGNN(nn.Module):
         w1t, b1, w2t, b2 = packed
         return torch.addmm(b2, torch.addmm(b1, states, w1t).relu(), w2t)
 
-    def _sweep(self, h: torch.Tensor, steps: list, packed: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        # A node's outgoing messages depend only on its own state, final once its level is done: keep them per node.
-        # The sweep runs ~2 x depth tiny steps, so per-op overhead dominates on CPU: few ops per step.
+    def _sweep(self, h: torch.Tensor, sweep: schedule.Sweep, packed: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        # In level order every level is a slice, and a node's messages depend only on its own state, final once its
+        # level is done: the sweep runs ~depth tiny steps, so per-op overhead dominates on CPU: few ops per step.
         hidden = h.shape[1]
-        sent = self._messages(h, packed)
-        for nodes, row, slot, weight in steps:
+        gru = (self.gru.weight_ih, self.gru.weight_hh, self.gru.bias_ih, self.gru.bias_hh)  # GRUCell, minus its checks
+        states = h.index_select(0, sweep.order)
+        sent = self._messages(states, packed)  # rewritten level by level, only after every read of those rows
+        done, start = [states[:sweep.sizes[0]]], sweep.sizes[0]
+        for size, (row, slot, weight) in zip(sweep.sizes[1:], sweep.edges, strict=True):
             msg = sent.view(-1, hidden).index_select(0, row) * weight
-            incoming = h.new_zeros(len(nodes), hidden).index_add_(0, slot, msg)
-            new = self.gru(incoming, h.index_select(0, nodes))
-            h = h.index_copy(0, nodes, new)
-            sent = sent.index_copy(0, nodes, self._messages(new, packed))
-        return h
+            incoming = h.new_zeros(size, hidden).index_add_(0, slot, msg)
+            new = torch.gru_cell(incoming, states[start:start + size], *gru)
+            sent[start:start + size] = self._messages(new, packed)
+            done.append(new)
+            start += size
+        return torch.cat(done).index_select(0, sweep.position)
 
     def forward(self, h: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Node states after ``layers`` forward+backward sweeps."""
-        n = h.shape[0]
-        src, dst, dist = batch.edges[:, 0], batch.edges[:, 1], batch.distance
-        real = dist == 1
-        flip = n - 1  # reversing node order turns the backward sweep into a forward one
-        backward = [(flip - nodes, 2 * (flip - row // 2) + row % 2, slot, w)
-                    for nodes, row, slot, w in _schedule(n, flip - dst, flip - src, dist, real)]
-        forward, backward = ([tuple(t.to(h.device) for t in step) for step in sweep]
-                             for sweep in (_schedule(n, src, dst, dist, real), backward))
+        sweeps = batch.sweeps.to(h.device)
         packed = self._packed()
         for _ in range(self.layers):
-            h = self._sweep(h, forward, packed)
-            h = self._sweep(h, backward, packed)
+            h = self._sweep(h, sweeps.forward, packed)
+            h = self._sweep(h, sweeps.backward, packed)
         return self.norm(h)
 
 

@@ -16,6 +16,8 @@ from torch import nn
 
 from bitsmith import graph as graph_lib
 from bitsmith.errors import UnsupportedLayerError
+from bitsmith.methods.ghn import schedule
+from bitsmith.methods.ghn.schedule import Sweeps
 
 KINDS = (
     "input", "conv", "dwconv", "linear", "bn", "norm", "relu", "relu6", "act", "maxpool", "avgpool",
@@ -52,6 +54,14 @@ class Encoding:
     distance: torch.Tensor          # (E,) long, shortest-path length of each edge (1 = a real edge)
     slots: list[ParamSlot] = field(default_factory=list)
     layers: dict[str, list[int]] = field(default_factory=dict)  # conv/linear module name -> its node(s)
+    _sweeps: Sweeps | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def sweeps(self) -> Sweeps:
+        """The graph's message-passing schedule (computed once, then kept with the encoding)."""
+        if self._sweeps is None:
+            self._sweeps = schedule.sweeps(self.num_nodes, self.edges, self.distance)
+        return self._sweeps
 
     @property
     def num_nodes(self) -> int:
@@ -67,7 +77,7 @@ class Encoding:
             for name, nodes in self.layers.items():
                 width = widths.get(name) if isinstance(widths, dict) else widths
                 features[nodes, column] = _bits_code(width)
-        return Encoding(features, self.edges, self.distance, self.slots, self.layers)
+        return Encoding(features, self.edges, self.distance, self.slots, self.layers, self._sweeps)
 
 
 def _bucket_log2(value: int, top: int) -> int:
@@ -198,10 +208,13 @@ def encode(model: nn.Module, input_shape: Sequence[int], cutoff: int = 50) -> En
             layers.setdefault(node.module_name, []).append(node.index)
     succ = g.adjacency()
     pairs, dists = _distances(len(g.nodes), succ, max(1, cutoff))
+    edges = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
+    distance = torch.tensor(dists, dtype=torch.long)
     return Encoding(
         features=torch.tensor(features, dtype=torch.long),
-        edges=torch.tensor(pairs, dtype=torch.long).reshape(-1, 2),
-        distance=torch.tensor(dists, dtype=torch.long),
+        edges=edges,
+        distance=distance,
         slots=_slots(g, model, classifier),
         layers=layers,
+        _sweeps=schedule.sweeps(len(g.nodes), edges, distance),  # once per graph, not once per prediction
     )

@@ -49,6 +49,11 @@ def _cp_product(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor) -> torch.Tens
     return torch.bmm(a, inner.transpose(1, 2)).view(n, o, i, kh, kw)
 
 
+#: The decoder heads each role of predicted tensor reads (the other roles read ``vector``).
+_HEADS = {"weight": ("out_factor", "in_factor", "spatial", "log_scale"),
+          "classifier": ("cls_factor", "cls_in_factor", "spatial", "log_scale"), "cls_bias": ("cls_bias",)}
+
+
 class GraphHyperNetwork(nn.Module):
     """Predicts all conv, linear and normalisation parameters of encoded graphs in one forward pass."""
 
@@ -82,46 +87,50 @@ class GraphHyperNetwork(nn.Module):
         batch = Batch.of(encodings)
         states = self.trunk(self.encoder(self.embed_nodes(batch), batch))
         slots = [(g, slot) for g, enc in enumerate(encodings) for slot in enc.slots]
-        rows = torch.tensor([batch.offsets[g] + slot.node for g, slot in slots], dtype=torch.long,
-                            device=states.device)
-        z = states[rows]
         out: list[dict[str, torch.Tensor]] = [{} for _ in encodings]
-        groups: dict[tuple, list[int]] = defaultdict(list)
+        by_heads: dict[tuple[str, ...], list[int]] = defaultdict(list)
         for j, (_, slot) in enumerate(slots):
-            groups[(slot.role, slot.shape)].append(j)
-        for (role, shape), members in groups.items():
-            index = torch.tensor(members, dtype=torch.long, device=z.device)
-            values = self._decode(role, shape, z[index])
-            for value, j in zip(values, members, strict=True):
-                g, slot = slots[j]
-                out[g][slot.name] = value
+            by_heads[_HEADS.get(slot.role, ("vector",))].append(j)
+        for heads, members in by_heads.items():
+            rows = torch.tensor([batch.offsets[slots[j][0]] + slots[j][1].node for j in members], dtype=torch.long,
+                                device=states.device)
+            outputs = self._heads(states[rows], heads)  # every head of these slots in one matrix product
+            groups: dict[tuple, list[int]] = defaultdict(list)
+            for k, j in enumerate(members):
+                groups[(slots[j][1].role, slots[j][1].shape)].append(k)
+            for (role, shape), local in groups.items():
+                index = torch.tensor(local, dtype=torch.long, device=states.device)
+                values = self._decode(role, shape, outputs.index_select(0, index))
+                for value, k in zip(values, local, strict=True):
+                    g, slot = slots[members[k]]
+                    out[g][slot.name] = value
         return out
 
-    def _decode(self, role: str, shape: tuple[int, ...], z: torch.Tensor) -> torch.Tensor:
-        """Tensors of ``shape`` for a group of slots of one role, from their decoder states ``z`` (n, d)."""
-        n, c, r, k = z.shape[0], self.config.max_channels, self.config.rank, self.config.max_kernel
+    def _heads(self, z: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
+        """The linear heads ``names`` applied to ``z`` as one layer (their outputs side by side, in that order)."""
+        heads = [getattr(self, name) for name in names]
+        if len(heads) == 1:
+            return heads[0](z)
+        return nn.functional.linear(z, torch.cat([h.weight for h in heads]), torch.cat([h.bias for h in heads]))
+
+    def _decode(self, role: str, shape: tuple[int, ...], head: torch.Tensor) -> torch.Tensor:
+        """Tensors of ``shape`` for a group of slots of one role, from the outputs of that role's heads (n, ...)."""
+        n, c, r, k = head.shape[0], self.config.max_channels, self.config.rank, self.config.max_kernel
         if role in ("weight", "classifier"):
             out_channels, in_channels = shape[0], shape[1]
             kh, kw = (shape[2], shape[3]) if len(shape) == 4 else (1, 1)
-            if role == "classifier":
-                a = self.cls_factor(z).view(n, self.config.num_classes, r)
-                b = self.cls_in_factor(z).view(n, c, r)
-            else:
-                a = self.out_factor(z).view(n, c, r)
-                b = self.in_factor(z).view(n, c, r)
-            a, b = _tile(a, out_channels, 1), _tile(b, in_channels, 1)
-            s = _crop(self.spatial(z).view(n, k, k, r), kh, kw)
-            w = _cp_product(a, b, s)
-            fan_in = in_channels * kh * kw
-            rms = w.pow(2).mean(dim=(1, 2, 3, 4), keepdim=True).add(1e-8).sqrt()
-            scale = (1.5 * torch.tanh(self.log_scale(z)) + 0.5 * math.log(2.0)).exp().view(n, 1, 1, 1, 1)
-            w = w / rms * scale / math.sqrt(fan_in)
-            return w.reshape(n, *shape)
+            rows = self.config.num_classes if role == "classifier" else c
+            a, b, s, log_scale = head.split([rows * r, c * r, k * k * r, 1], dim=1)
+            a, b = _tile(a.reshape(n, rows, r), out_channels, 1), _tile(b.reshape(n, c, r), in_channels, 1)
+            w = _cp_product(a, b, _crop(s.reshape(n, k, k, r), kh, kw))
+            # RMS exp(log-scale) / sqrt(fan_in): one product over the full tensor, the rest on (n,) factors
+            inv_rms = w.square().mean(dim=(1, 2, 3, 4)).add_(1e-8).rsqrt_()
+            log_scale = 1.5 * torch.tanh(log_scale.reshape(n)) + 0.5 * math.log(2.0 / (in_channels * kh * kw))
+            return (w * (inv_rms * log_scale.exp_()).view(n, 1, 1, 1, 1)).reshape(n, *shape)
         if role == "cls_bias":
-            return torch.tanh(_tile(self.cls_bias(z), shape[0], 1))
-        vec = self.vector(z).view(n, 3, c)
+            return torch.tanh(_tile(head, shape[0], 1))
         which = {"norm_weight": 0, "norm_bias": 1, "bias": 2}[role]
-        raw = _tile(vec[:, which], shape[0], 1)
+        raw = _tile(head.view(n, 3, c)[:, which], shape[0], 1)
         return 2 * torch.sigmoid(raw) if which == 0 else torch.tanh(raw)
 
     def num_parameters(self) -> int:
