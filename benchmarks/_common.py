@@ -61,10 +61,11 @@ def update_section(name: str, markdown: str, path: Path = BENCHMARKS_MD) -> Path
 
 
 def step_times(models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Tensor, batch: int, rounds: int = 7,
-               steps: int = 15, warmup: int = 5) -> dict[str, float]:
+               steps: int = 15, warmup: int = 5, bf16: Sequence[str] = ()) -> dict[str, float]:
     """Median train-step time (ms) of each model (zero_grad + forward + backward + Adam step), measured
     interleaved in this process on identical full batches, after ``warmup`` steps each (which also initialise
-    data-dependent quantizer scales)."""
+    data-dependent quantizer scales). The models named in ``bf16`` run their forward pass under bfloat16 autocast,
+    as the Trainer does with ``precision="bf16"``."""
     import time
 
     opts = {v: torch.optim.Adam(m.parameters(), lr=1e-3) for v, m in models.items()}
@@ -76,7 +77,9 @@ def step_times(models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Ten
         xb, yb = x[start:start + batch], y[start:start + batch]
         t0 = time.perf_counter()
         opts[v].zero_grad(set_to_none=True)
-        loss_fn(models[v](xb), yb).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=v in bf16):
+            out = models[v](xb)
+        loss_fn(out.float(), yb).backward()
         opts[v].step()
         return time.perf_counter() - t0
 

@@ -212,6 +212,8 @@ ROWS: tuple[Row, ...] = (
          "train --model alexnet --out out", "unknown model 'alexnet'; available:"),
     _row("train-unknown-optimizer", UNKNOWN, "an optimizer bitsmith does not know",
          "train --optimizer lion --out out", "unknown optimizer 'lion'; accepted: adam, adamw, sgd"),
+    _row("train-unknown-precision", UNKNOWN, "a training precision bitsmith does not have",
+         "train --precision fp16 --out out", "unknown precision 'fp16'; accepted: fp32, bf16"),
     _row("train-zero-epochs", RANGE, "zero training epochs",
          "train --epochs 0 --out out", "epochs must be a positive integer, got 0"),
     _row("train-not-an-integer", MALFORMED, "a word where a number belongs",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from bitsmith.cli._common import console, parse_ints, percent, train_method
+from bitsmith.cli._common import console, parse_ints, percent, precision_option, train_method
 from bitsmith.engine import distributed
 
 
@@ -35,6 +35,7 @@ def cgmq_cmd(
                                                     "from scratch)"),
     seed: int = typer.Option(0, help="random seed"),
     threads: int | None = typer.Option(None, help="torch CPU threads"),
+    precision: str | None = precision_option(),
     out: Path = typer.Option(..., help="run directory to write"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
@@ -49,7 +50,7 @@ def cgmq_cmd(
                      fill=fill)
     metrics = train_method("cgmq", cfg, out, source=source, model=model, dataset=dataset, data_root=data_root,
                            seed=seed, threads=threads, batch_size=batch_size, epochs=epochs, lr=lr,
-                           scheduler=scheduler, quiet=quiet)
+                           scheduler=scheduler, quiet=quiet, precision=precision)
     if distributed.is_main():
         runs.write_run_report(out)
         note = (f"; projection switched off {metrics['projected_gates']} gate(s)" if metrics["projected_gates"]

@@ -11,6 +11,9 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
 NONFINITE_ACTIONS = ("stop", "skip", "restore")
+#: Precision of the training forward pass: "fp32", or "bf16" (autocast of matrix products and convolutions to
+#: bfloat16; parameters, optimizer state, quantizers and evaluation stay float32).
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -20,6 +23,8 @@ class TrainConfig:
     ``on_nonfinite`` says what a NaN/Inf loss or gradient does: "stop" ends the run (its checkpoint stays the last
     good epoch), "skip" drops that step (no update) and goes on, "restore" rolls the model and optimizer back to the
     last good epoch's state and goes on; after ``max_nonfinite`` skipped or restored steps the next one stops the run.
+    ``precision="bf16"`` runs the training forward pass under bfloat16 autocast (about 2x faster convolutions on
+    CPUs with AVX512-BF16/AMX, and on GPUs); evaluation is always float32.
     """
 
     model: str = "lenet5"
@@ -47,6 +52,7 @@ class TrainConfig:
     max_steps: int | None = None
     on_nonfinite: str = "stop"
     max_nonfinite: int = 10
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -82,6 +88,8 @@ class TrainConfig:
         if self.on_nonfinite not in NONFINITE_ACTIONS:
             raise ConfigError(f"unknown on_nonfinite action {self.on_nonfinite!r}; accepted: "
                               f"{', '.join(NONFINITE_ACTIONS)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; accepted: {', '.join(PRECISIONS)}")
         if self.max_nonfinite < 0:
             raise ConfigError(f"max nonfinite must be >= 0, got {self.max_nonfinite}")
         if self.image_size is not None and self.image_size <= 0:

@@ -369,7 +369,9 @@ class Trainer:
                 cb.before_step(self, x, y)
             t0 = time.perf_counter()
             self.optimizer.zero_grad(set_to_none=True)
-            raw = model(x)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                raw = model(x)
+            raw = raw.float()  # the loss, callbacks' extra losses and accuracy in float32 whatever the precision
             out, target = stacked(raw, y)
             loss = F.cross_entropy(out, target, label_smoothing=cfg.label_smoothing)
             for cb in self.callbacks:

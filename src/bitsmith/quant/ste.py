@@ -129,8 +129,11 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | 
     ``scale`` and ``zero_point`` (integer-valued floats, or None for 0) are 1-element tensors (per tensor) or
     vectors over axis 0 of ``x`` (per channel); ``qmin``/``qmax`` are numbers or such vectors. Gradients reach
     ``scale`` and ``zero_point`` when they require grad, scaled by ``grad_factor`` (LSQ's ``1/sqrt(N*Qp)``);
-    ``clip_only=True`` gives the scale PACT's gradient (clipped elements only) instead of LSQ's.
+    ``clip_only=True`` gives the scale PACT's gradient (clipped elements only) instead of LSQ's. A bfloat16/float16
+    input (autocast) is quantized in float32 and gives a float32 result.
     """
+    if x.dtype in (torch.bfloat16, torch.float16):
+        x = x.float()  # under autocast: codes from a float32 input, so that 8-bit codes stay exact
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or scale.requires_grad or (zero_point is not None and zero_point.requires_grad)
     )

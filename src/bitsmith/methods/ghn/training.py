@@ -112,7 +112,8 @@ class GHNTask(nn.Module):
         if not self.training:
             return torch.stack([arch.model(x) for arch in self.eval_archs])
         models, encodings = self.targets(self.draw())
-        params = self.ghn(encodings)
+        with torch.autocast(x.device.type, enabled=False):  # the hypernetwork in float32; bf16 is for the targets
+            params = self.ghn(encodings)
         outs = []
         for model, predicted in zip(models, params, strict=True):
             model.to(x.device).train()
