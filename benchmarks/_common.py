@@ -61,11 +61,13 @@ def update_section(name: str, markdown: str, path: Path = BENCHMARKS_MD) -> Path
 
 
 def step_times(models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Tensor, batch: int, rounds: int = 7,
-               steps: int = 15, warmup: int = 5, bf16: Sequence[str] = ()) -> dict[str, float]:
+               steps: int = 15, warmup: int = 5, bf16: Sequence[str] = (),
+               channels_last: Sequence[str] = ()) -> dict[str, float]:
     """Median train-step time (ms) of each model (zero_grad + forward + backward + Adam step), measured
     interleaved in this process on identical full batches, after ``warmup`` steps each (which also initialise
     data-dependent quantizer scales). The models named in ``bf16`` run their forward pass under bfloat16 autocast,
-    as the Trainer does with ``precision="bf16"``."""
+    as the Trainer does with ``precision="bf16"``; those in ``channels_last`` get NHWC batches (pass them NHWC
+    models), as with ``channels_last=True``."""
     import time
 
     opts = {v: torch.optim.Adam(m.parameters(), lr=1e-3) for v, m in models.items()}
@@ -76,6 +78,8 @@ def step_times(models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Ten
         start = i * batch % (len(x) - batch + 1)
         xb, yb = x[start:start + batch], y[start:start + batch]
         t0 = time.perf_counter()
+        if v in channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
         opts[v].zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=v in bf16):
             out = models[v](xb)

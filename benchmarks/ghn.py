@@ -34,14 +34,17 @@ OUT = ROOT / "benchmarks" / "out" / "ghn"
 SHIPPED_NAME = {"digits": "digits", "fashion-mnist": "fashion-mnist"}
 
 
-def train(dataset: str, encoder: str, epochs: int, meta_batch: int, threads: int, ship: bool) -> Path:
-    """Train (or resume) the benchmark GHN of ``dataset``; with ``ship``, copy its file into the package."""
+def train(dataset: str, encoder: str, epochs: int, meta_batch: int, threads: int, ship: bool,
+          batch_size: int | None = None) -> Path:
+    """Train (or resume) the benchmark GHN of ``dataset`` (``batch_size``: the recipe's when None); with ``ship``,
+    copy its file into the package."""
     out = OUT / dataset / f"train-{encoder}"
-    cfg = ghn_lib.recipe(dataset, epochs=epochs, num_threads=threads)
+    cfg = ghn_lib.recipe(dataset, epochs=epochs, num_threads=threads, batch_size=batch_size)
     resume = (out / "checkpoint.safetensors").exists()
     t0 = time.perf_counter()
-    _, metrics = ghn_lib.train_ghn(cfg, {"encoder": encoder}, ghn_lib.GHNTrainConfig(meta_batch=meta_batch), out,
-                                   resume=resume)
+    every = max(1, epochs // 12)  # about twelve evaluations of the val architectures over the training
+    _, metrics = ghn_lib.train_ghn(cfg, {"encoder": encoder},
+                                   ghn_lib.GHNTrainConfig(meta_batch=meta_batch, eval_every=every), out, resume=resume)
     wall = time.perf_counter() - t0
     _io.write_json(out / "wall.json", {"wall_s": wall, "resumed": resume, "threads": threads, **metrics})
     print(f"{dataset}: {wall / 60:.1f} min, val acc of predictions {metrics.get('val_acc')}")
@@ -83,26 +86,34 @@ def train_report(dataset: str, encoder: str) -> None:
         if "val_acc" in r:
             lines.append(f"| {r['epoch']} | {r['step']} | {r['train_loss']:.3f} | {100 * r['train_acc']:.1f} | "
                          f"{100 * r['val_acc']:.1f} | {100 * r['val_acc_worst']:.1f} |")
+    batch = info["train"]["batch_size"]
+    batch_flag = "" if batch == ghn_lib.recipe(dataset).batch_size else f" --batch-size {batch}"
+    every = info["ghn_train"]["eval_every"]
     lines += ["", f"Command: `.venv/bin/bitsmith ghn train --encoder {encoder} --dataset {dataset} --epochs "
-                  f"{info['train']['epochs']} --meta-batch {info['ghn_train']['meta_batch']} --threads {threads} "
+                  f"{info['train']['epochs']} --meta-batch {info['ghn_train']['meta_batch']}{batch_flag}"
+                  f"{'' if every == 10 else f' --eval-every {every}'} --threads {threads} "
                   f"--out benchmarks/out/ghn/{dataset}/train-{encoder}` (equivalently `python -m benchmarks.ghn "
-                  f"--part train`); table: `python -m benchmarks.ghn --part train-report`. {environment()}"]
+                  f"--part train --dataset {dataset}{batch_flag} --epochs {info['train']['epochs']}`); table: "
+                  f"`python -m benchmarks.ghn --part train-report --dataset {dataset}`. {environment()}"]
     publish(f"ghn-train-{dataset}", lines)
 
 
-def _evaluation_setup(dataset: str, splits: list[str], n: int, n_ood: int) -> tuple:
-    """The reference recipe, the training and test splits, and the evaluation settings every GHN table uses."""
+def _evaluation_setup(dataset: str, splits: list[str], n: int, n_ood: int, converge_epochs: int | None) -> tuple:
+    """The reference recipe, the training and test splits, and the evaluation settings every GHN table uses
+    (``converge_epochs``: the protocol's epochs when None, 0 skips the converged column)."""
     base = TrainConfig(dataset=dataset, batch_size=SETTINGS[dataset]["batch_size"])
-    cfg = ghn_lib.EvalConfig(splits=splits, n=n, n_ood=n_ood, steps=[1, 10, 100],
-                             converge_epochs=SETTINGS[dataset]["epochs"], bn_batches=10)
+    epochs = SETTINGS[dataset]["epochs"] if converge_epochs is None else converge_epochs
+    cfg = ghn_lib.EvalConfig(splits=splits, n=n, n_ood=n_ood, steps=[1, 10, 100], converge_epochs=epochs,
+                             bn_batches=10)
     return base, load_split(base, "train"), load_split(base, "test"), cfg
 
 
-def evaluate(dataset: str, splits: list[str], n: int, n_ood: int, threads: int, source: str) -> dict:
+def evaluate(dataset: str, splits: list[str], n: int, n_ood: int, threads: int, source: str,
+             converge_epochs: int | None = None) -> dict:
     """The evaluation table of the GHN ``source`` on ``splits`` (rows cached; baselines shared across GHNs)."""
     torch.set_num_threads(threads)
     ghn = ghn_lib.load_ghn(source)
-    base, train_ds, test_ds, cfg = _evaluation_setup(dataset, splits, n, n_ood)
+    base, train_ds, test_ds, cfg = _evaluation_setup(dataset, splits, n, n_ood, converge_epochs)
     epochs = cfg.converge_epochs
     path = Path(str(source))
     label = path.parent.name if path.name == ghn_lib.GHN_FILE else path.stem
@@ -115,7 +126,8 @@ def evaluate(dataset: str, splits: list[str], n: int, n_ood: int, threads: int, 
         f"Hypernetwork `{_shown(source)}` on {dataset}: accuracy (%) over held-out architectures, mean ± std "
         f"[min, max]. "
         f"BN statistics recalibrated on 10 training batches of 64 for every column; `batch stats` uses test-batch "
-        f"statistics (extra column, not a headline figure). Converged: reference recipe, {epochs} epochs.",
+        f"statistics (extra column, not a headline figure). "
+        + (f"Converged: reference recipe, {epochs} epochs." if epochs else "Converged: not trained (CPU time)."),
         "",
         "| split | n | predicted | batch stats | random init | SGD 1 | SGD 10 | SGD 100 | fine-tune 10 | "
         "fine-tune 100 | converged | predicted / converged (worst) | < 0.9x | SGD steps worth (median) |",
@@ -139,15 +151,19 @@ def evaluate(dataset: str, splits: list[str], n: int, n_ood: int, threads: int, 
                      f"{cell(s, 'finetune_10')} | {cell(s, 'finetune_100')} | {cell(s, 'converged')} | {ratio} | "
                      f"{s.get('below_0.9_of_converged', '–')} | {worth_text} |")
     lines += ["", f"Command: `.venv-bench/bin/python -m benchmarks.ghn --part eval --dataset {dataset} --n {n} "
-                  f"--n-ood {n_ood} --splits {','.join(splits)}`. {environment()}"]
+                  f"--n-ood {n_ood} --splits {','.join(splits)}"
+                  + ("" if converge_epochs is None else f" --converge-epochs {converge_epochs}")
+                  + ("" if source == str(OUT / dataset / "train-gatedgnn" / ghn_lib.GHN_FILE) else f" --ghn {source}")
+                  + f"`. {environment()}"]
     publish(f"ghn-eval-{dataset}" if label == "train-gatedgnn" else f"ghn-eval-{dataset}-{label}", lines)
     return result
 
 
-def baselines(dataset: str, splits: list[str], n: int, n_ood: int, threads: int) -> None:
+def baselines(dataset: str, splits: list[str], n: int, n_ood: int, threads: int,
+              converge_epochs: int | None = None) -> None:
     """The hypernetwork-free columns (random init, SGD-k, converged) of the evaluation table, cached for reuse."""
     torch.set_num_threads(threads)
-    base, train_ds, test_ds, cfg = _evaluation_setup(dataset, splits, n, n_ood)
+    base, train_ds, test_ds, cfg = _evaluation_setup(dataset, splits, n, n_ood, converge_epochs)
     shape = ghn_lib.GHNConfig(num_classes=train_ds.num_classes, in_channels=train_ds.in_channels,
                               image_size=train_ds.image_size[0])
     ghn_lib.compute_baselines(shape, base, train_ds, test_ds, cfg, OUT / dataset / "baselines",
@@ -250,22 +266,26 @@ def main() -> None:
     parser.add_argument("--encoder", default="gatedgnn", choices=list(ghn_lib.ENCODERS))
     parser.add_argument("--epochs", type=int, default=120)
     parser.add_argument("--meta-batch", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=None, help="GHN training image batch (default: the "
+                                                                     "recipe's, 64 digits / 128 Fashion-MNIST)")
     parser.add_argument("--n", type=int, default=30, help="architectures per evaluation split")
     parser.add_argument("--n-ood", type=int, default=3, help="architectures of the wide and deep splits")
     parser.add_argument("--splits", default="test,wide,deep,predefined")
     parser.add_argument("--ghn", default=None, help="GHN to evaluate (default: this benchmark's trained one)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ship", action="store_true", help="copy the trained GHN into the package")
+    parser.add_argument("--converge-epochs", type=int, default=None,
+                        help="epochs of the converged reference (default: the protocol's; 0 skips that column)")
     args = parser.parse_args()
     source = args.ghn or str(OUT / args.dataset / f"train-{args.encoder}" / ghn_lib.GHN_FILE)
     if args.part == "train":
-        train(args.dataset, args.encoder, args.epochs, args.meta_batch, args.threads, args.ship)
+        train(args.dataset, args.encoder, args.epochs, args.meta_batch, args.threads, args.ship, args.batch_size)
     elif args.part == "train-report":
         train_report(args.dataset, args.encoder)
     elif args.part == "baselines":
-        baselines(args.dataset, args.splits.split(","), args.n, args.n_ood, args.threads)
+        baselines(args.dataset, args.splits.split(","), args.n, args.n_ood, args.threads, args.converge_epochs)
     elif args.part == "eval":
-        evaluate(args.dataset, args.splits.split(","), args.n, args.n_ood, args.threads, source)
+        evaluate(args.dataset, args.splits.split(","), args.n, args.n_ood, args.threads, source, args.converge_epochs)
     elif args.part == "encoders":
         encoders(args.dataset, args.threads)
     else:

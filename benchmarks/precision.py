@@ -12,6 +12,7 @@ vs bf16 forward, interleaved in one process (protocol timing: 2 threads, full ba
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def result(run: Path) -> dict:
 
 
 def timing(model_name: str, dataset: str) -> dict[str, float]:
-    """Step times (ms) of the float and the W4A4 model, each with an fp32 and a bf16 forward."""
+    """Step times (ms) of the float and the W4A4 model, each with an fp32 and a bf16 forward, and bf16 on NHWC."""
     torch.set_num_threads(2)
     ds = data.get(dataset, split="train")
     x, y = ds.tensors()
@@ -72,8 +73,18 @@ def timing(model_name: str, dataset: str) -> dict[str, float]:
     plain = zoo.create_model(model_name, ds.num_classes, ds.in_channels, tuple(ds.image_size))
     example = (ds.in_channels, *ds.image_size)
     qmodel = quantize(plain, QConfig(weight_bits=4, act_bits=4, first_last_bits=None), example_input_shape=example)
-    models = {"float fp32": plain, "float bf16": plain, "W4A4 fp32": qmodel, "W4A4 bf16": qmodel}
-    return step_times(models, x, y, SETTINGS[dataset]["batch_size"], bf16=("float bf16", "W4A4 bf16"))
+    nhwc = {kind: copy.deepcopy(m).to(memory_format=torch.channels_last)
+            for kind, m in (("float", plain), ("W4A4", qmodel))}
+    models = {"float fp32": plain, "float bf16": plain, "float bf16 NHWC": nhwc["float"],
+              "W4A4 fp32": qmodel, "W4A4 bf16": qmodel, "W4A4 bf16 NHWC": nhwc["W4A4"]}
+    return step_times(models, x, y, SETTINGS[dataset]["batch_size"], bf16=[v for v in models if "bf16" in v],
+                      channels_last=[v for v in models if "NHWC" in v])
+
+
+def _speed(times: dict[str, float], kind: str) -> str:
+    """The step-time cells of one model kind: fp32, bf16 and bf16 + NHWC in ms, then the two ratios."""
+    t32, t16, nhwc = (times[f"{kind} {v}"] for v in ("fp32", "bf16", "bf16 NHWC"))
+    return f"{t32:.1f} | {t16:.1f} | {nhwc:.1f} | {t16 / t32:.2f}x | {nhwc / t32:.2f}x"
 
 
 def main() -> None:
@@ -82,6 +93,7 @@ def main() -> None:
     parser.add_argument("--datasets", default="digits")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each training run")
+    parser.add_argument("--time-also", default="", help="MODEL:DATASET,... timed only (no accuracy runs)")
     parser.add_argument("--runs-only", action="store_true", help="train the runs, publish nothing")
     parser.add_argument("--no-write", action="store_true", help="print the table, leave BENCHMARKS.md alone")
     args = parser.parse_args()
@@ -101,14 +113,19 @@ def main() -> None:
             for kind in ("float", "W4A4"):
                 a32, a16 = ([r["test_acc"] for r in acc[(kind, p)]] for p in PRECISIONS)
                 w32, w16 = (mean_std([r["train_s"] for r in acc[(kind, p)]])[0] for p in PRECISIONS)
-                t32, t16 = times[f"{kind} fp32"], times[f"{kind} bf16"]
                 rows.append(f"| {model} | {dataset} | {kind} | {pm(a32)} | {pm(a16)} | "
-                            f"{100 * (mean_std(a16)[0] - mean_std(a32)[0]):+.2f} | {t32:.1f} | {t16:.1f} | "
-                            f"{t16 / t32:.2f}x | {w16 / w32:.2f}x |")
+                            f"{100 * (mean_std(a16)[0] - mean_std(a32)[0]):+.2f} | {_speed(times, kind)} | "
+                            f"{w16 / w32:.2f}x |")
     if args.runs_only:
         return
+    for pair in filter(None, args.time_also.split(",")):
+        model, dataset = pair.split(":")
+        times = timing(model, dataset)
+        for kind in ("float", "W4A4"):
+            rows.append(f"| {model} | {dataset} | {kind} | – | – | – | {_speed(times, kind)} | – |")
     command = (f".venv-bench/bin/python -m benchmarks.precision --models {args.models} --datasets {args.datasets} "
-               f"--seeds {args.seeds} --threads {args.threads}")
+               f"--seeds {args.seeds} --threads {args.threads}"
+               + (f" --time-also {args.time_also}" if args.time_also else ""))
     lines = [
         "## Training precision: bfloat16 autocast vs float32",
         "",
@@ -116,7 +133,8 @@ def main() -> None:
         "reference recipe of BENCHMARK_PROTOCOL.md from scratch; W4A4 rows: LSQ QAT (10 epochs, cosine lr 1e-4, "
         "every conv and linear quantized, first and last included) of the float32 run of the same seed. bf16 = "
         "`--precision bf16`: the training forward pass under bfloat16 autocast (convolutions and matrix products), "
-        "with parameters, optimizer state, quantizers and the loss in float32; every accuracy is evaluated in "
+        "with parameters, optimizer state, quantizers and the loss in float32 (NHWC: `--channels-last` on top, "
+        "conv weights and batches in channels-last memory order; timed only); every accuracy is evaluated in "
         f"float32. {len(seeds)} seeds, mean ± std. Step time: median ms of one training step at 2 threads, both "
         "precisions interleaved in one process on the same model; wall time: ratio of the runs' mean training time "
         f"({args.threads} thread(s) per run; other jobs may have shared the CPU).",
@@ -124,8 +142,9 @@ def main() -> None:
         f"Command: `bash benchmarks/setup.sh && {command}`",
         "",
         "| model | dataset | model kind | fp32 accuracy (%) | bf16 accuracy (%) | Δ bf16 − fp32 (pt) | fp32 step (ms) "
-        "| bf16 step (ms) | step bf16 / fp32 | wall time bf16 / fp32 |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| bf16 step (ms) | bf16 + NHWC step (ms) | step bf16 / fp32 | step bf16 + NHWC / fp32 | "
+        "wall time bf16 / fp32 |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *rows,
     ]
     publish("precision", lines, write=not args.no_write)

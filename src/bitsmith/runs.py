@@ -382,12 +382,12 @@ def _search_sections(run_dir: Path) -> list[tuple[str, str]]:
 def quantize_run(source: str | Path, qconfig: Any, out: str | Path, *, epochs: int = 10, lr: float = 1e-4,
                  scheduler: str = "cosine", seed: int = 0, num_threads: int | None = None, ptq: bool = False,
                  observer: str = "mse", calib_batches: int = 8, quiet: bool = False,
-                 precision: str | None = None) -> dict[str, Any]:
+                 precision: str | None = None, channels_last: bool | None = None) -> dict[str, Any]:
     """Quantize the float model of run ``source`` per ``qconfig`` into a new run at ``out``; returns its metrics.
 
     The quantizers are calibrated on ``calib_batches`` training batches; then either the model is fine-tuned
-    (QAT, with the source run's recipe but ``epochs``/``lr``/``scheduler``/``seed``, and ``precision`` when
-    given) or, with ``ptq``, only
+    (QAT, with the source run's recipe but ``epochs``/``lr``/``scheduler``/``seed``, and ``precision`` and
+    ``channels_last`` when given) or, with ``ptq``, only
     evaluated. The new run records the quantization as a model transform, so it re-builds, resumes and reports.
     """
     import dataclasses
@@ -398,7 +398,8 @@ def quantize_run(source: str | Path, qconfig: Any, out: str | Path, *, epochs: i
         raise CheckpointError(f"{source} is already a transformed (quantized) run; give a float run")
     base = train_config(source)
     cfg = dataclasses.replace(base, epochs=epochs, lr=lr, scheduler=scheduler, seed=seed,
-                              num_threads=num_threads or base.num_threads, precision=precision or base.precision)
+                              num_threads=num_threads or base.num_threads, precision=precision or base.precision,
+                              channels_last=base.channels_last if channels_last is None else channels_last)
     float_model = load_model(source)
     train_ds = load_split(cfg, "train")
     qmodel = quantize(float_model, qconfig, example_input_shape=(train_ds.in_channels, *train_ds.image_size))

@@ -86,6 +86,13 @@ def precision_option(default: str | None = None) -> Any:
                                       f"CPUs with AMX or AVX512-BF16; evaluation stays float32{inherit}")
 
 
+def channels_last_option(default: bool | None = None) -> Any:
+    """The ``--channels-last`` option of every training command (``None``: the source run's, or off)."""
+    inherit = "" if default is not None else " (default: the source run's, or off)"
+    return typer.Option(default, "--channels-last/--no-channels-last",
+                        help=f"NHWC memory order for conv weights and batches while training (faster on CPU){inherit}")
+
+
 def method_base(source: Path | None, *, model: str, dataset: str, data_root: Path | None,
                 seed: int) -> tuple[Any, dict[str, Any]]:
     """What a method command starts from: (None, fine-tuning defaults) for a float run ``source`` (10 epochs, lr
@@ -108,7 +115,8 @@ def method_base(source: Path | None, *, model: str, dataset: str, data_root: Pat
 
 def train_method(transform: str, config: Any, out: Path, *, source: Path | None, model: str, dataset: str,
                  data_root: Path | None, seed: int, threads: int | None, batch_size: int | None, epochs: int | None,
-                 lr: float | None, scheduler: str | None, quiet: bool, precision: str | None = None) -> dict[str, Any]:
+                 lr: float | None, scheduler: str | None, quiet: bool, precision: str | None = None,
+                 channels_last: bool | None = None) -> dict[str, Any]:
     """What every method command does: fine-tune the float run ``source`` or train ``model`` on ``dataset`` from
     scratch (defaults: :func:`method_base`), through ``runs.method_run``; returns the final metrics."""
     from bitsmith import runs
@@ -117,4 +125,5 @@ def train_method(transform: str, config: Any, out: Path, *, source: Path | None,
     check_writable_out(out)
     return runs.method_run(transform, config, out, source=source, base=base, quiet=quiet, seed=seed,
                            num_threads=threads, batch_size=batch_size, epochs=epochs or defaults["epochs"],
-                           lr=lr or defaults["lr"], scheduler=scheduler or defaults["scheduler"], precision=precision)
+                           lr=lr or defaults["lr"], scheduler=scheduler or defaults["scheduler"], precision=precision,
+                           channels_last=channels_last)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from bitsmith.cli._common import console, parse_ints, percent, precision_option, train_method
+from bitsmith.cli._common import channels_last_option, console, parse_ints, percent, precision_option, train_method
 from bitsmith.engine import distributed
 
 
@@ -36,6 +36,7 @@ def cgmq_cmd(
     seed: int = typer.Option(0, help="random seed"),
     threads: int | None = typer.Option(None, help="torch CPU threads"),
     precision: str | None = precision_option(),
+    channels_last: bool | None = channels_last_option(),
     out: Path = typer.Option(..., help="run directory to write"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
@@ -50,7 +51,8 @@ def cgmq_cmd(
                      fill=fill)
     metrics = train_method("cgmq", cfg, out, source=source, model=model, dataset=dataset, data_root=data_root,
                            seed=seed, threads=threads, batch_size=batch_size, epochs=epochs, lr=lr,
-                           scheduler=scheduler, quiet=quiet, precision=precision)
+                           scheduler=scheduler, quiet=quiet, precision=precision,
+                           channels_last=channels_last)
     if distributed.is_main():
         runs.write_run_report(out)
         note = (f"; projection switched off {metrics['projected_gates']} gate(s)" if metrics["projected_gates"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from bitsmith.cli._common import console, percent, precision_option, train_method
+from bitsmith.cli._common import channels_last_option, console, percent, precision_option, train_method
 from bitsmith.engine import distributed
 
 
@@ -34,6 +34,7 @@ def directq_cmd(
     seed: int = typer.Option(0, help="random seed (training and stochastic rounding)"),
     threads: int | None = typer.Option(None, help="torch CPU threads"),
     precision: str | None = precision_option(),
+    channels_last: bool | None = channels_last_option(),
     out: Path = typer.Option(..., help="run directory to write"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
@@ -47,7 +48,8 @@ def directq_cmd(
                                  act_loss_weight=act_loss_weight, act_trim=act_trim, seed=seed)
     metrics = train_method("directq", cfg, out, source=source, model=model, dataset=dataset, data_root=data_root,
                            seed=seed, threads=threads, batch_size=batch_size, epochs=epochs, lr=lr,
-                           scheduler=scheduler, quiet=quiet, precision=precision)
+                           scheduler=scheduler, quiet=quiet, precision=precision,
+                           channels_last=channels_last)
     if distributed.is_main():
         runs.write_run_report(out)
         console.print(f"DirectQ W{wbits}A{abits} ({ideas}): test accuracy {percent(metrics['test_acc'])}  "

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import typer
 
-from bitsmith.cli._common import check_writable_out, console, flags, given_options, percent, precision_option
+from bitsmith.cli._common import (
+    channels_last_option,
+    check_writable_out,
+    console,
+    flags,
+    given_options,
+    percent,
+    precision_option,
+)
 from bitsmith.engine import distributed
 from bitsmith.errors import BitsmithError
 
@@ -33,6 +41,7 @@ def quantize_cmd(
     seed: int = typer.Option(0, help="random seed"),
     threads: int | None = typer.Option(None, help="torch CPU threads"),
     precision: str | None = precision_option(),
+    channels_last: bool | None = channels_last_option(),
     out: Path = typer.Option(..., help="run directory to write"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
@@ -54,7 +63,7 @@ def quantize_cmd(
     check_writable_out(out)
     metrics = runs.quantize_run(source, qcfg, out, epochs=epochs, lr=lr, scheduler=scheduler, seed=seed,
                                 num_threads=threads, ptq=ptq, observer=observer, calib_batches=calib_batches,
-                                quiet=quiet, precision=precision)
+                                quiet=quiet, precision=precision, channels_last=channels_last)
     if distributed.is_main():
         runs.write_run_report(out)
         kind = "PTQ" if ptq else "QAT"

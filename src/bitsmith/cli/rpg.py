@@ -10,6 +10,7 @@ import typer
 
 from bitsmith import _io
 from bitsmith.cli._common import (
+    channels_last_option,
     check_names,
     check_writable_out,
     console,
@@ -40,6 +41,7 @@ def rpg_cmd(
     seed: int = typer.Option(0, help="random seed (training, and the ring's permutation and signs)"),
     threads: int | None = typer.Option(None, help="torch CPU threads"),
     precision: str | None = precision_option(),
+    channels_last: bool | None = channels_last_option(),
     out: Path = typer.Option(..., help="run directory to write"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
@@ -52,7 +54,8 @@ def rpg_cmd(
     cfg = RPGConfig(dof=dof, dof_ratio=dof_ratio, include=include, seed=seed, ring_lr_gain=ring_lr_gain)
     metrics = train_method("rpg", cfg, out, source=None, model=model, dataset=dataset, data_root=data_root,
                            seed=seed, threads=threads, batch_size=batch_size, epochs=epochs, lr=lr,
-                           scheduler=scheduler, quiet=quiet, precision=precision)
+                           scheduler=scheduler, quiet=quiet, precision=precision,
+                           channels_last=channels_last)
     runs.write_run_report(out)
     cost = runs.run_cost(out)
     console.print(f"RPG: test accuracy {percent(metrics['test_acc'])}, DoF {cost.dof:,} for {cost.total_params:,} "
@@ -75,6 +78,7 @@ def sweep_cmd(
     batch_size: int = typer.Option(64, help="batch size"),
     threads: int | None = typer.Option(None, help="torch CPU threads"),
     precision: str = precision_option("fp32"),
+    channels_last: bool = channels_last_option(False),
     out: Path = typer.Option(..., help="folder to write (an interrupted sweep continues in it)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
@@ -91,7 +95,8 @@ def sweep_cmd(
             raise BitsmithError(f"--fit-range {fit_range!r}: expected LO,HI with LO < HI")
         bounds = (values[0], values[1])
     base = TrainConfig(model=model, dataset=dataset, data_root=str(data_root) if data_root else None, epochs=epochs,
-                       lr=lr, batch_size=batch_size, num_threads=threads, precision=precision)
+                       lr=lr, batch_size=batch_size, num_threads=threads, precision=precision,
+                       channels_last=channels_last)
     check_writable_out(out)
     result = searches.rpg_sweep(base, out, ratios=parse_floats(ratios, "--ratios"), seeds=parse_ints(seeds, "--seeds",
                                 "0,1,2"), include=include, reference=reference, fit_range=bounds, quiet=quiet)

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import typer
 
-from bitsmith.cli._common import check_writable_out, console, method_base, parse_ints, percent, precision_option
+from bitsmith.cli._common import (
+    channels_last_option,
+    check_writable_out,
+    console,
+    method_base,
+    parse_ints,
+    percent,
+    precision_option,
+)
 from bitsmith.errors import BitsmithError
 
 _FROM = typer.Option(None, "--from", help="float run to start from (absent: train from scratch)")
@@ -53,6 +61,7 @@ def search_cmd(
     seed: int = typer.Option(0, help="random seed"),
     threads: int | None = typer.Option(None, help="torch CPU threads"),
     precision: str | None = precision_option(),
+    channels_last: bool | None = channels_last_option(),
     out: Path = typer.Option(..., help="folder to write: the retrained run, with search/ and bits.json in it"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted search in --out"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
@@ -74,7 +83,8 @@ def search_cmd(
         cfg, out, source=source, base=base, search_epochs=search_epochs or epochs, retrain_epochs=epochs,
         retrain_from=retrain_from or ("float" if source is not None else "scratch"), quiet=quiet, resume=resume,
         seed=seed, num_threads=threads, batch_size=batch_size, lr=lr or defaults["lr"],
-        scheduler=scheduler or defaults["scheduler"], precision=precision)
+        scheduler=scheduler or defaults["scheduler"], precision=precision,
+        channels_last=channels_last)
     note = " (derived configuration repaired to meet it)" if summary["repaired"] else ""
     console.print(f"DNAS: test accuracy {percent(summary['test_acc'])}, {summary['bops']:.4g} BOPs (budget "
                   f"{summary['budget_bops']:.4g}{note}); search {summary['search_time_s']:.0f} s  run directory: {out}")
@@ -101,6 +111,7 @@ def grid_cmd(
     scheduler: str | None = typer.Option(None, help="none | cosine | step"),
     threads: int | None = typer.Option(None, help="torch CPU threads"),
     precision: str | None = precision_option(),
+    channels_last: bool | None = channels_last_option(),
     out: Path = typer.Option(..., help="folder to write (an interrupted study continues in it)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
@@ -116,7 +127,7 @@ def grid_cmd(
         cfg, out, source=source, base=base, configs=configs, seeds=seed_list, tolerance=tolerance,
         sample_seed=sample_seed, quiet=quiet, num_threads=threads, batch_size=batch_size,
         epochs=epochs or defaults["epochs"], lr=lr or defaults["lr"], scheduler=scheduler or defaults["scheduler"],
-        precision=precision)
+        precision=precision, channels_last=channels_last)
     best, median = result["means"][result["best"]], result["means"][result["median"]]
     console.print(f"grid: {result['configs']} configurations x {len(seed_list)} seeds at ~{result['budget_bops']:.4g} "
                   f"BOPs; best {percent(best)}, median {percent(median)}; std across configurations "

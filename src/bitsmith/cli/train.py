@@ -8,7 +8,14 @@ from pathlib import Path
 import typer
 
 from bitsmith import _config, _io, data, zoo
-from bitsmith.cli._common import check_names, check_writable_out, console, percent, precision_option
+from bitsmith.cli._common import (
+    channels_last_option,
+    check_names,
+    check_writable_out,
+    console,
+    percent,
+    precision_option,
+)
 from bitsmith.engine import TrainConfig, TrainResult, distributed, train
 from bitsmith.errors import BitsmithError
 
@@ -51,6 +58,7 @@ def train_cmd(
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     threads: int | None = typer.Option(None, help="torch CPU threads"),
     precision: str = precision_option("fp32"),
+    channels_last: bool = channels_last_option(False),
     out: Path | None = typer.Option(None, help="run directory to write (default runs/<model>-<dataset>-s<seed>)"),
     resume: Path | None = typer.Option(None, help="continue the interrupted run in this directory"),
     config: Path | None = typer.Option(None, help="re-run from a run's config.json (other options ignored)"),
@@ -70,7 +78,8 @@ def train_cmd(
                           batch_size=batch_size, lr=lr, optimizer=optimizer, scheduler=scheduler,
                           weight_decay=weight_decay, label_smoothing=label_smoothing, grad_clip=grad_clip,
                           image_size=image_size, val=val, seed=seed, device=device, num_threads=threads,
-                          on_nonfinite=on_nonfinite, precision=precision)
+                          on_nonfinite=on_nonfinite, precision=precision,
+                          channels_last=channels_last)
     check_names(cfg.model, cfg.dataset)
     out = out or Path("runs") / f"{cfg.model}-{cfg.dataset}-s{cfg.seed}"
     run_training(cfg, out, quiet)

@@ -238,6 +238,8 @@ class Trainer:
         if not resume:
             seed_everything(cfg.seed)
         self.model.to(self.device)
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.optimizer = self._build_optimizer()
         self.scheduler = self._build_scheduler(self.optimizer)
         self._prepare_out_dir(resume)
@@ -364,6 +366,8 @@ class Trainer:
         t_epoch = time.perf_counter()
         for idx in batches:
             x = x_all[idx].to(self.device, non_blocking=True)
+            if cfg.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             y = y_all[idx].to(self.device, non_blocking=True)
             for cb in self.callbacks:
                 cb.before_step(self, x, y)
