@@ -357,6 +357,19 @@ def test_shipped_digits_ghn_predicts_accurate_parameters() -> None:
     assert min(accs) > 0.8
 
 
+@pytest.mark.skipif("fashion-mnist" not in shipped(), reason="no shipped Fashion-MNIST GHN in this checkout")
+def test_shipped_fashion_mnist_ghn_serves_28x28_models_and_refuses_digits_ones() -> None:
+    ghn = load_ghn("fashion-mnist")  # its accuracy needs the dataset (benchmarks/); here: shapes, finiteness, refusal
+    assert ghn.config.input_shape == (1, 28, 28) and ghn.info["dataset"] == "fashion-mnist"
+    for model in (space.build_network(space.split("test", 1)[0], 10, 1, 28), zoo.create_model("resnet20", 10, 1, 28)):
+        before = [p.clone() for p in model.parameters()]
+        predict(model, ghn)
+        assert all(torch.isfinite(p).all() and not torch.equal(p, b)
+                   for p, b in zip(model.parameters(), before, strict=True) if p.dim() > 1)
+    with pytest.raises(BitsmithError, match="1x28x28 images"):
+        predict(zoo.create_model("resnet20", 10, 1, 16), ghn)
+
+
 def test_ranks_draw_different_architectures(monkeypatch) -> None:
     from bitsmith.engine import distributed as dist
     from bitsmith.methods.ghn import GHNTask
