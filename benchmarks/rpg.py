@@ -31,11 +31,25 @@ OUT = ROOT / "benchmarks" / "out" / "rpg"
 RATIOS = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 1.0)
 
 
+def speedups(precision: str = "fp32", channels_last: bool = False) -> dict:
+    """The TrainConfig changes of the faster CPU recipe (bf16 autocast, NHWC); empty for the protocol's float32."""
+    return {k: v for k, v in (("precision", precision), ("channels_last", channels_last)) if v not in ("fp32", False)}
+
+
+def tag(changes: dict) -> str:
+    """Folder-name suffix that keeps runs of a faster recipe apart from the float32 ones."""
+    return "".join({"precision": f"-{changes.get('precision')}", "channels_last": "-nhwc"}[k] for k in changes)
+
+
+def sweep_dir(model_name: str, dataset: str, out: Path, changes: dict) -> Path:
+    return out / "sweep" / f"{model_name}-{dataset}{tag(changes)}"
+
+
 def sweep(model_name: str, dataset: str, seeds: list[int], threads: int, out: Path,
-          ratios: tuple[float, ...] = RATIOS) -> dict:
+          ratios: tuple[float, ...] = RATIOS, **changes: object) -> dict:
     """The sweep's runs (reused when finished) and its fit over 0.01 %–1 %."""
-    base = reference_config(model_name, dataset, 0, threads)
-    return searches.rpg_sweep(base, out / "sweep" / f"{model_name}-{dataset}", ratios=ratios, seeds=seeds,
+    base = reference_config(model_name, dataset, 0, threads, **changes)
+    return searches.rpg_sweep(base, sweep_dir(model_name, dataset, out, changes), ratios=ratios, seeds=seeds,
                               fit_range=(0.0001, 0.01), quiet=True)
 
 
@@ -54,12 +68,13 @@ def narrow_width(model_name: str, dataset: str, dof: int) -> float:
     return min((lo, hi), key=lambda w: abs(_params(model_name, ds, w) - dof))
 
 
-def narrow_run(model_name: str, dataset: str, width: float, seed: int, threads: int, out: Path) -> dict:
+def narrow_run(model_name: str, dataset: str, width: float, seed: int, threads: int, out: Path,
+               **changes: object) -> dict:
     """Train the narrow plain model (cached as JSON)."""
-    path = out / "narrow" / f"{model_name}-{dataset}-w{width:.4f}-s{seed}.json"
+    path = out / "narrow" / f"{model_name}-{dataset}{tag(changes)}-w{width:.4f}-s{seed}.json"
     if path.exists():
         return json.loads(path.read_text())
-    cfg = reference_config(model_name, dataset, seed, threads)
+    cfg = reference_config(model_name, dataset, seed, threads, **changes)
     cfg.model_kwargs = {"width": width}
     metrics = searches._plain_run(cfg, path.with_suffix(""), quiet=True)
     row = {"width": width, "seed": seed, "test_acc": metrics["test_acc"],
@@ -127,11 +142,19 @@ def recipe_part(args: argparse.Namespace, seeds: list[int]) -> list[str]:
 
 
 def header(args: argparse.Namespace, title: str) -> list[str]:
-    return [f"## {title}", "", f"Measured {environment()}. " + " ".join(__doc__.split("\n\n")[2].split()), "",
-            f"Command: `bash benchmarks/setup.sh && .venv-bench/bin/python -m benchmarks.rpg --part {args.part} "
+    faster = ""
+    if args.changes:
+        faster = (" Every run of this table trains under " + " and ".join(
+            {"precision": "bfloat16 autocast", "channels_last": "channels-last (NHWC) tensors"}[k]
+            for k in args.changes) + " (evaluation in float32; engine TrainConfig), to fit the CPU budget: the "
+            "protocol's float32 rows are a different recipe.")
+    flags = "".join({"precision": f" --precision {args.precision}", "channels_last": " --channels-last"}[k]
+                    for k in args.changes)
+    return [f"## {title}", "", f"Measured {environment()}. " + " ".join(__doc__.split("\n\n")[2].split()) + faster,
+            "", f"Command: `bash benchmarks/setup.sh && .venv-bench/bin/python -m benchmarks.rpg --part {args.part} "
             f"--models {args.models} --datasets {args.datasets} --seeds {args.seeds}"
             + (f" --ratios {','.join(f'{r:g}' for r in args.ratios)}" if args.ratios != RATIOS else "")
-            + f" --threads {args.threads}`", ""]
+            + f"{flags} --threads {args.threads}`", ""]
 
 
 def sweep_part(args: argparse.Namespace, seeds: list[int]) -> list[str]:
@@ -141,11 +164,11 @@ def sweep_part(args: argparse.Namespace, seeds: list[int]) -> list[str]:
     fits = []
     for model_name in args.models.split(","):
         for dataset in args.datasets.split(","):
-            result = sweep(model_name, dataset, seeds, args.threads, args.out, args.ratios)
+            result = sweep(model_name, dataset, seeds, args.threads, args.out, args.ratios, **args.changes)
             full = result["reference_acc"]
             full_mean = statistics.fmean(full)
-            lines.append(f"| {model_name} | {dataset} | full model | "
-                         f"{runs.run_cost(args.out / 'sweep' / f'{model_name}-{dataset}' / 'runs' / 'full-s0').dof:,}"
+            full_dir = sweep_dir(model_name, dataset, args.out, args.changes) / "runs" / f"full-s{seeds[0]}"
+            lines.append(f"| {model_name} | {dataset} | full model | {runs.run_cost(full_dir).dof:,}"
                          f" | {pm(full)} | 100 | {len(full)} |")
             for p in result["points"]:
                 lines.append(f"| {model_name} | {dataset} | {100 * p['ratio']:g} % | {p['dof']:,} | "
@@ -166,12 +189,13 @@ def narrow_part(args: argparse.Namespace, seeds: list[int]) -> list[str]:
               "accuracy (%) | Δ RPG − narrow (pt) |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for model_name in args.models.split(","):
         for dataset in args.datasets.split(","):
-            result = sweep(model_name, dataset, seeds, args.threads, args.out, args.ratios)
+            result = sweep(model_name, dataset, seeds, args.threads, args.out, args.ratios, **args.changes)
             for p in result["points"]:
                 if p["ratio"] not in (0.001, 0.003, 0.01):
                     continue
                 width = narrow_width(model_name, dataset, p["dof"])
-                rows = [narrow_run(model_name, dataset, width, s, args.threads, args.out) for s in seeds]
+                rows = [narrow_run(model_name, dataset, width, s, args.threads, args.out, **args.changes)
+                        for s in seeds]
                 acc = [r["test_acc"] for r in rows]
                 delta = 100 * (p["mean"] - mean_std(acc)[0])
                 lines.append(f"| {model_name} | {dataset} | {100 * p['ratio']:g} % | {p['dof']:,} | "
@@ -249,7 +273,13 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print the table, leave BENCHMARKS.md alone")
     parser.add_argument("--section", default=None, help="BENCHMARKS.md section (default: rpg-<part>)")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="training precision of the sweep and narrow runs (bf16: autocast, stated in the table)")
+    parser.add_argument("--channels-last", action="store_true", help="train the sweep and narrow runs in NHWC")
     args = parser.parse_args()
+    args.changes = speedups(args.precision, args.channels_last)
+    if args.changes and args.part not in ("sweep", "narrow"):
+        parser.error(f"--precision bf16 / --channels-last apply to --part sweep and narrow, not {args.part}")
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     args.ratios = tuple(float(r) for r in args.ratios.split(","))

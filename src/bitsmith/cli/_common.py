@@ -16,6 +16,21 @@ from bitsmith.errors import BitsmithError
 console = Console(soft_wrap=True, highlight=False)
 
 
+# Options that several commands share word for word: one home for their flags, defaults and help.
+FROM_OPTION: Any = typer.Option(None, "--from", help="float run to start from (absent: train from scratch)")
+MODEL_OPTION: Any = typer.Option("lenet5", help="zoo model, from scratch only")
+DATASET_OPTION: Any = typer.Option("digits", help="dataset, from scratch only")
+DATA_ROOT_OPTION: Any = typer.Option(None, help="folder holding the dataset's files, from scratch only")
+EPOCHS_OPTION: Any = typer.Option(None, help="epochs (default: 10 from a run, 30 from scratch)")
+LR_OPTION: Any = typer.Option(None, help="learning rate (default: 1e-4 from a run, 1e-3 from scratch)")
+BATCH_SIZE_OPTION: Any = typer.Option(None, help="batch size (default: the source run's, or 64)")
+SCHEDULER_OPTION: Any = typer.Option(None, help="none | cosine | step (default: cosine from a run, none from "
+                                                "scratch)")
+THREADS_OPTION: Any = typer.Option(None, help="torch CPU threads")
+OUT_OPTION: Any = typer.Option(..., help="run directory to write")
+QUIET_OPTION: Any = typer.Option(False, "--quiet", "-q", help="no progress bar")
+
+
 def check_writable_out(out: Path) -> Path:
     """Make sure ``out`` can be created and written before any long work starts."""
     if out.exists() and not out.is_dir():

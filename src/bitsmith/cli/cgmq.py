@@ -6,15 +6,33 @@ from pathlib import Path
 
 import typer
 
-from bitsmith.cli._common import channels_last_option, console, parse_ints, percent, precision_option, train_method
+from bitsmith.cli._common import (
+    BATCH_SIZE_OPTION,
+    DATA_ROOT_OPTION,
+    DATASET_OPTION,
+    EPOCHS_OPTION,
+    FROM_OPTION,
+    LR_OPTION,
+    MODEL_OPTION,
+    OUT_OPTION,
+    QUIET_OPTION,
+    SCHEDULER_OPTION,
+    THREADS_OPTION,
+    channels_last_option,
+    console,
+    parse_ints,
+    percent,
+    precision_option,
+    train_method,
+)
 from bitsmith.engine import distributed
 
 
 def cgmq_cmd(
-    source: Path | None = typer.Option(None, "--from", help="float run to start from (absent: train from scratch)"),
-    model: str = typer.Option("lenet5", help="zoo model, from scratch only"),
-    dataset: str = typer.Option("digits", help="dataset, from scratch only"),
-    data_root: Path | None = typer.Option(None, help="folder holding the dataset's files, from scratch only"),
+    source: Path | None = FROM_OPTION,
+    model: str = MODEL_OPTION,
+    dataset: str = DATASET_OPTION,
+    data_root: Path | None = DATA_ROOT_OPTION,
     bop_budget: float = typer.Option(..., help="BOP bound: a fraction of the --relative-to model's BOPs, or BOPs "
                                                "per sample with --relative-to absolute"),
     relative_to: str = typer.Option("w8a8", help="w8a8 | fp32 | absolute"),
@@ -28,17 +46,16 @@ def cgmq_cmd(
                                      "that are on (--all-gates: also those off, the rule before 2026-12-02)"),
     fill: bool = typer.Option(True, "--fill/--no-fill", help="when the gates freeze below the bound, switch on "
                               "the off gates nearest to on while it holds"),
-    epochs: int | None = typer.Option(None, help="epochs (default: 10 from a run, 30 from scratch)"),
-    lr: float | None = typer.Option(None, help="learning rate (default: 1e-4 from a run, 1e-3 from scratch)"),
-    batch_size: int | None = typer.Option(None, help="batch size (default: the source run's, or 64)"),
-    scheduler: str | None = typer.Option(None, help="none | cosine | step (default: cosine from a run, none "
-                                                    "from scratch)"),
+    epochs: int | None = EPOCHS_OPTION,
+    lr: float | None = LR_OPTION,
+    batch_size: int | None = BATCH_SIZE_OPTION,
+    scheduler: str | None = SCHEDULER_OPTION,
     seed: int = typer.Option(0, help="random seed"),
-    threads: int | None = typer.Option(None, help="torch CPU threads"),
+    threads: int | None = THREADS_OPTION,
     precision: str | None = precision_option(),
     channels_last: bool | None = channels_last_option(),
-    out: Path = typer.Option(..., help="run directory to write"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    out: Path = OUT_OPTION,
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Learn per-layer / per-channel / per-weight bit widths under a BOP bound (CGMQ) in one training run; the
     final model is guaranteed to meet the bound."""

@@ -6,15 +6,32 @@ from pathlib import Path
 
 import typer
 
-from bitsmith.cli._common import channels_last_option, console, percent, precision_option, train_method
+from bitsmith.cli._common import (
+    BATCH_SIZE_OPTION,
+    DATA_ROOT_OPTION,
+    DATASET_OPTION,
+    EPOCHS_OPTION,
+    FROM_OPTION,
+    LR_OPTION,
+    MODEL_OPTION,
+    OUT_OPTION,
+    QUIET_OPTION,
+    SCHEDULER_OPTION,
+    THREADS_OPTION,
+    channels_last_option,
+    console,
+    percent,
+    precision_option,
+    train_method,
+)
 from bitsmith.engine import distributed
 
 
 def directq_cmd(
-    source: Path | None = typer.Option(None, "--from", help="float run to fine-tune (absent: train from scratch)"),
-    model: str = typer.Option("lenet5", help="zoo model, from scratch only"),
-    dataset: str = typer.Option("digits", help="dataset, from scratch only"),
-    data_root: Path | None = typer.Option(None, help="folder holding the dataset's files, from scratch only"),
+    source: Path | None = FROM_OPTION,
+    model: str = MODEL_OPTION,
+    dataset: str = DATASET_OPTION,
+    data_root: Path | None = DATA_ROOT_OPTION,
     wbits: int = typer.Option(2, help="weight bit width (2..8, 16)"),
     abits: int = typer.Option(2, help="activation bit width (2..8, 16)"),
     first_last_bits: int = typer.Option(8, help="bit width of the first and last layers (0 = same as the rest)"),
@@ -26,17 +43,16 @@ def directq_cmd(
                                                     "| greedy (per layer, the largest steps move one level)"),
     act_loss_weight: float = typer.Option(0.1, help="weight of the channel-aware activation objective"),
     act_trim: float = typer.Option(0.25, help="fraction of worst channels the activation objective ignores"),
-    epochs: int | None = typer.Option(None, help="epochs (default: 10 from a run, 30 from scratch)"),
-    lr: float | None = typer.Option(None, help="learning rate (default: 1e-4 from a run, 1e-3 from scratch)"),
-    batch_size: int | None = typer.Option(None, help="batch size (default: the source run's, or 64)"),
-    scheduler: str | None = typer.Option(None, help="none | cosine | step (default: cosine from a run, none "
-                                                    "from scratch)"),
+    epochs: int | None = EPOCHS_OPTION,
+    lr: float | None = LR_OPTION,
+    batch_size: int | None = BATCH_SIZE_OPTION,
+    scheduler: str | None = SCHEDULER_OPTION,
     seed: int = typer.Option(0, help="random seed (training and stochastic rounding)"),
-    threads: int | None = typer.Option(None, help="torch CPU threads"),
+    threads: int | None = THREADS_OPTION,
     precision: str | None = precision_option(),
     channels_last: bool | None = channels_last_option(),
-    out: Path = typer.Option(..., help="run directory to write"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    out: Path = OUT_OPTION,
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Train a low-bit model with DirectQ: quantized weights updated directly on learnable levels, and
     activation step sizes fitted to the majority of channels."""

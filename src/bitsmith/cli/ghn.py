@@ -9,7 +9,17 @@ from typing import Any
 import typer
 
 from bitsmith import _io
-from bitsmith.cli._common import check_names, check_writable_out, console, given_options, parse_ints, percent
+from bitsmith.cli._common import (
+    OUT_OPTION,
+    QUIET_OPTION,
+    THREADS_OPTION,
+    check_names,
+    check_writable_out,
+    console,
+    given_options,
+    parse_ints,
+    percent,
+)
 from bitsmith.errors import BitsmithError
 
 ghn_app = typer.Typer(help="Graph hypernetworks: train one, evaluate it on held-out architectures.",
@@ -56,10 +66,10 @@ def train_cmd(
     batch_size: int | None = typer.Option(None, help="image batch size (default: 64 digits, 128 fashion-mnist)"),
     grad_clip: float = typer.Option(5.0, help="gradient norm clip"),
     seed: int = typer.Option(0, help="random seed"),
-    threads: int | None = typer.Option(None, help="torch CPU threads"),
+    threads: int | None = THREADS_OPTION,
     out: Path = typer.Option(..., help="run folder to write (ghn.safetensors, metrics, config)"),
     resume: bool = typer.Option(False, "--resume", help="continue the interrupted training in --out"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Train a graph hypernetwork that predicts all parameters of CNNs of the search space for one dataset."""
     from bitsmith import _config
@@ -116,7 +126,7 @@ def eval_cmd(
     bn_batches: int = typer.Option(10, help="training batches that recalibrate BN statistics"),
     dataset: str | None = typer.Option(None, help="dataset (default: the GHN's)"),
     data_root: Path | None = typer.Option(None, help="folder holding the dataset's files"),
-    threads: int | None = typer.Option(None, help="torch CPU threads"),
+    threads: int | None = THREADS_OPTION,
     out: Path = typer.Option(..., help="folder to write ghn_eval.json (an interrupted evaluation continues)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print only the summary"),
 ) -> None:
@@ -165,8 +175,8 @@ def predict_cmd(
     lr: float = typer.Option(1e-4, help="fine-tuning learning rate (Adam, cosine)"),
     dataset: str | None = typer.Option(None, help="dataset (default: the GHN's)"),
     data_root: Path | None = typer.Option(None, help="folder holding the dataset's files"),
-    threads: int | None = typer.Option(None, help="torch CPU threads"),
-    out: Path = typer.Option(..., help="run directory to write"),
+    threads: int | None = THREADS_OPTION,
+    out: Path = OUT_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar while fine-tuning"),
 ) -> None:
     """Predict every parameter of a model with a GHN (quantized at --wbits/--abits with calibrated ranges; a

@@ -8,6 +8,9 @@ from pathlib import Path
 import typer
 
 from bitsmith.cli._common import (
+    OUT_OPTION,
+    QUIET_OPTION,
+    THREADS_OPTION,
     channels_last_option,
     check_writable_out,
     console,
@@ -39,11 +42,11 @@ def quantize_cmd(
     lr: float = typer.Option(1e-4, help="QAT learning rate"),
     scheduler: str = typer.Option("cosine", help="none | cosine | step"),
     seed: int = typer.Option(0, help="random seed"),
-    threads: int | None = typer.Option(None, help="torch CPU threads"),
+    threads: int | None = THREADS_OPTION,
     precision: str | None = precision_option(),
     channels_last: bool | None = channels_last_option(),
-    out: Path = typer.Option(..., help="run directory to write"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    out: Path = OUT_OPTION,
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Quantize a trained float run: QAT fine-tuning with the Trainer, or PTQ calibration with --ptq."""
     from bitsmith import runs

@@ -10,6 +10,9 @@ import typer
 
 from bitsmith import _io
 from bitsmith.cli._common import (
+    OUT_OPTION,
+    QUIET_OPTION,
+    THREADS_OPTION,
     channels_last_option,
     check_names,
     check_writable_out,
@@ -39,11 +42,11 @@ def rpg_cmd(
     batch_size: int | None = typer.Option(None, help="batch size (default 64)"),
     scheduler: str | None = typer.Option(None, help="none | cosine | step (default none)"),
     seed: int = typer.Option(0, help="random seed (training, and the ring's permutation and signs)"),
-    threads: int | None = typer.Option(None, help="torch CPU threads"),
+    threads: int | None = THREADS_OPTION,
     precision: str | None = precision_option(),
     channels_last: bool | None = channels_last_option(),
-    out: Path = typer.Option(..., help="run directory to write"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    out: Path = OUT_OPTION,
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Train a zoo model whose conv/linear weights are all read from one small ring of free parameters (RPG)."""
     from bitsmith import runs
@@ -76,11 +79,11 @@ def sweep_cmd(
     epochs: int = typer.Option(30, help="epochs per run"),
     lr: float = typer.Option(1e-3, help="learning rate"),
     batch_size: int = typer.Option(64, help="batch size"),
-    threads: int | None = typer.Option(None, help="torch CPU threads"),
+    threads: int | None = THREADS_OPTION,
     precision: str = precision_option("fp32"),
     channels_last: bool = channels_last_option(False),
     out: Path = typer.Option(..., help="folder to write (an interrupted sweep continues in it)"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Accuracy against the DoF ratio: one RPG run per ratio and seed, the log-linear fit (slope, intercept, R²)
     and its plot."""

@@ -8,6 +8,15 @@ from pathlib import Path
 import typer
 
 from bitsmith.cli._common import (
+    BATCH_SIZE_OPTION,
+    DATA_ROOT_OPTION,
+    DATASET_OPTION,
+    FROM_OPTION,
+    LR_OPTION,
+    MODEL_OPTION,
+    QUIET_OPTION,
+    SCHEDULER_OPTION,
+    THREADS_OPTION,
     channels_last_option,
     check_writable_out,
     console,
@@ -18,10 +27,6 @@ from bitsmith.cli._common import (
 )
 from bitsmith.errors import BitsmithError
 
-_FROM = typer.Option(None, "--from", help="float run to start from (absent: train from scratch)")
-_MODEL = typer.Option("lenet5", help="zoo model, from scratch only")
-_DATASET = typer.Option("digits", help="dataset, from scratch only")
-_DATA_ROOT = typer.Option(None, help="folder holding the dataset's files, from scratch only")
 _BUDGET = typer.Option(..., help="BOPs budget: a fraction of the --relative-to model's BOPs, or BOPs per sample "
                                  "with --relative-to absolute")
 _RELATIVE = typer.Option("w8a8", help="w8a8 | fp32 | absolute")
@@ -38,10 +43,10 @@ def _config(budget_bops: float, relative_to: str, bits: str, abits: str, prune: 
 
 
 def search_cmd(
-    source: Path | None = _FROM,
-    model: str = _MODEL,
-    dataset: str = _DATASET,
-    data_root: Path | None = _DATA_ROOT,
+    source: Path | None = FROM_OPTION,
+    model: str = MODEL_OPTION,
+    dataset: str = DATASET_OPTION,
+    data_root: Path | None = DATA_ROOT_OPTION,
     budget_bops: float = _BUDGET,
     relative_to: str = _RELATIVE,
     bits: str = _BITS,
@@ -55,16 +60,15 @@ def search_cmd(
     epochs: int | None = typer.Option(None, help="retraining epochs (default: 10 from a run, 30 from scratch)"),
     retrain_from: str | None = typer.Option(None, help="float | scratch (default: float with --from)"),
     lr: float | None = typer.Option(None, help="weight learning rate (default: 1e-4 from a run, 1e-3 from scratch)"),
-    batch_size: int | None = typer.Option(None, help="batch size (default: the source run's, or 64)"),
-    scheduler: str | None = typer.Option(None, help="none | cosine | step (default: cosine from a run, none "
-                                                    "from scratch)"),
+    batch_size: int | None = BATCH_SIZE_OPTION,
+    scheduler: str | None = SCHEDULER_OPTION,
     seed: int = typer.Option(0, help="random seed"),
-    threads: int | None = typer.Option(None, help="torch CPU threads"),
+    threads: int | None = THREADS_OPTION,
     precision: str | None = precision_option(),
     channels_last: bool | None = channels_last_option(),
     out: Path = typer.Option(..., help="folder to write: the retrained run, with search/ and bits.json in it"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted search in --out"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Search per-filter weight widths, per-layer activation widths (and with --prune, filter counts) under a BOPs
     budget (DNAS), derive the configuration, check it with the exact cost (repaired if over), and retrain it."""
@@ -91,10 +95,10 @@ def search_cmd(
 
 
 def grid_cmd(
-    source: Path | None = _FROM,
-    model: str = _MODEL,
-    dataset: str = _DATASET,
-    data_root: Path | None = _DATA_ROOT,
+    source: Path | None = FROM_OPTION,
+    model: str = MODEL_OPTION,
+    dataset: str = DATASET_OPTION,
+    data_root: Path | None = DATA_ROOT_OPTION,
     budget_bops: float = _BUDGET,
     relative_to: str = _RELATIVE,
     bits: str = _BITS,
@@ -106,14 +110,14 @@ def grid_cmd(
     sample_seed: int = typer.Option(0, help="seed of the configuration sampler"),
     epochs: int | None = typer.Option(None, help="training epochs per run (default: 10 from a run, 30 from "
                                                   "scratch)"),
-    lr: float | None = typer.Option(None, help="learning rate (default: 1e-4 from a run, 1e-3 from scratch)"),
-    batch_size: int | None = typer.Option(None, help="batch size (default: the source run's, or 64)"),
+    lr: float | None = LR_OPTION,
+    batch_size: int | None = BATCH_SIZE_OPTION,
     scheduler: str | None = typer.Option(None, help="none | cosine | step"),
-    threads: int | None = typer.Option(None, help="torch CPU threads"),
+    threads: int | None = THREADS_OPTION,
     precision: str | None = precision_option(),
     channels_last: bool | None = channels_last_option(),
     out: Path = typer.Option(..., help="folder to write (an interrupted study continues in it)"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Train random heterogeneous configurations at (nearly) the same BOPs with several seeds each, and report
     whether accuracy varies more across configurations than across seeds (one-way ANOVA)."""

@@ -9,6 +9,8 @@ import typer
 
 from bitsmith import _config, _io, data, zoo
 from bitsmith.cli._common import (
+    QUIET_OPTION,
+    THREADS_OPTION,
     channels_last_option,
     check_names,
     check_writable_out,
@@ -56,13 +58,13 @@ def train_cmd(
     val: bool = typer.Option(False, "--val/--no-val", help="carve a validation split from the training set"),
     seed: int = typer.Option(0, help="random seed"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    threads: int | None = typer.Option(None, help="torch CPU threads"),
+    threads: int | None = THREADS_OPTION,
     precision: str = precision_option("fp32"),
     channels_last: bool = channels_last_option(False),
     out: Path | None = typer.Option(None, help="run directory to write (default runs/<model>-<dataset>-s<seed>)"),
     resume: Path | None = typer.Option(None, help="continue the interrupted run in this directory"),
     config: Path | None = typer.Option(None, help="re-run from a run's config.json (other options ignored)"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Train a zoo model from scratch (FP32) and write a run directory."""
     if resume is not None:
