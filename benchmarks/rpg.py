@@ -141,6 +141,31 @@ def recipe_part(args: argparse.Namespace, seeds: list[int]) -> list[str]:
     return lines
 
 
+def precision_part(args: argparse.Namespace, seeds: list[int]) -> list[str]:
+    """RPG at the sweep's ratios trained in float32 and under bf16 autocast with channels-last, same seeds: what the
+    faster recipe of the Fashion-MNIST tables costs in accuracy (runs shared with the sweeps' caches)."""
+    lines = header(args, f"RPG under bfloat16 autocast vs float32 ({args.models} on {args.datasets})")
+    lines += ["| model | dataset | DoF ratio | float32 (%) | bf16 + channels-last (%) | Δ bf16 − float32 (pt) | "
+              "seeds |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for model_name in args.models.split(","):
+        for dataset in args.datasets.split(","):
+            for ratio in args.ratios:
+                acc = {}
+                for label, changes in (("fp32", {}), ("bf16", speedups("bf16", True))):
+                    base = reference_config(model_name, dataset, 0, args.threads, **changes)
+                    folder = sweep_dir(model_name, dataset, args.out, changes) / "runs"
+                    acc[label] = [searches._run("rpg", rpg.RPGConfig(dof_ratio=ratio, include="inner"),
+                                                folder / f"r{ratio:g}-s{seed}", source=None, base=base, quiet=True,
+                                                resume=True, seed=seed)["test_acc"] for seed in seeds]
+                delta = 100 * (statistics.fmean(acc["bf16"]) - statistics.fmean(acc["fp32"]))
+                lines.append(f"| {model_name} | {dataset} | {100 * ratio:g} % | {pm(acc['fp32'])} | "
+                             f"{pm(acc['bf16'])} | {delta:+.2f} | {len(seeds)} |")
+    lines += ["", "Both columns: the reference recipe, every run from scratch, one thread each; bf16 = the Trainer's "
+              "`precision=\"bf16\"` (training forward under bfloat16 autocast, evaluation in float32) with "
+              "`channels_last=True`. Runs are shared with the sweep tables' caches."]
+    return lines
+
+
 def header(args: argparse.Namespace, title: str) -> list[str]:
     faster = ""
     if args.changes:
@@ -264,7 +289,8 @@ def compress_part(args: argparse.Namespace, seeds: list[int]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("sweep", "narrow", "speed", "compress", "gain", "recipe"), default="sweep")
+    parser.add_argument("--part", choices=("sweep", "narrow", "speed", "compress", "gain", "recipe", "precision"),
+                        default="sweep")
     parser.add_argument("--models", default="resnet20")
     parser.add_argument("--datasets", default="digits")
     parser.add_argument("--seeds", default="0,1,2")
@@ -284,7 +310,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     args.ratios = tuple(float(r) for r in args.ratios.split(","))
     part = {"sweep": sweep_part, "narrow": narrow_part, "speed": speed_part, "compress": compress_part,
-            "gain": gain_part, "recipe": recipe_part}[args.part]
+            "gain": gain_part, "recipe": recipe_part, "precision": precision_part}[args.part]
     publish(args.section or f"rpg-{args.part}-{args.models}-{args.datasets}", part(args, seeds),
             write=not args.no_write)
 
