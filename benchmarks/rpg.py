@@ -202,8 +202,8 @@ def sweep_part(args: argparse.Namespace, seeds: list[int]) -> list[str]:
             fits.append(f"{model_name} on {dataset}: accuracy = {100 * fit['slope']:.2f} pt × log10(ratio) + "
                         f"{100 * fit['intercept']:.2f} over DoF ratios 0.01 %–1 % (means of {len(seeds)} seeds), "
                         f"R² = {fit['r2']:.3f}")
-    lines += ["", "Log-linear fit: " + "; ".join(fits) + ". Plot: `benchmarks/out/rpg/sweep/<model>-<dataset>/"
-              "sweep.png` (not committed)."]
+    lines += ["", "Log-linear fit: " + "; ".join(fits) + f". Plot: `benchmarks/out/rpg/sweep/<model>-<dataset>"
+              f"{tag(args.changes)}/sweep.png` (not committed)."]
     return lines
 
 
