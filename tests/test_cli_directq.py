@@ -44,7 +44,7 @@ def test_from_scratch_with_one_idea(tmp_path, cli):
     (("--abits", "40"), "accepted: 2..8, 16, 32"),
     (("--ideas", "all"), "unknown DirectQ ablation 'all'"),
     (("--step-gain", "0"), "step_gain must be positive"),
-    (("--rounding", "nearest"), "rounding 'nearest' is not known; accepted: stochastic, greedy"),
+    (("--rounding", "nearest"), "rounding 'nearest' is not known; accepted: residual, stochastic, greedy"),
     (("--model", "alexnet"), "unknown model 'alexnet'"),
     (("--from", "{tmp}/missing"), "no such run directory"),
 ])

@@ -88,7 +88,7 @@ def test_level_gradient_is_the_sum_over_the_weights_that_use_it():
 @settings(max_examples=25, deadline=None)
 @given(frac=st.floats(0.05, 0.95), seed=st.integers(0, 10_000))
 def test_projection_rounds_a_step_without_bias(frac, seed):
-    wq = DirectWeightQuantizer(4, shape=(64, 256), channels=64, seed=seed, name="w")
+    wq = DirectWeightQuantizer(4, shape=(64, 256), channels=64, seed=seed, name="w", rounding="stochastic")
     w = nn.Parameter(torch.randn(64, 256) * 0.1)
     wq.initialize(w)
     codes = wq.codes.clone().float()
@@ -101,11 +101,56 @@ def test_projection_rounds_a_step_without_bias(frac, seed):
     assert abs(moved.mean().item() - frac) < 0.03
 
 
+@settings(max_examples=25, deadline=None)
+@given(frac=st.floats(-0.45, 0.45).filter(lambda f: abs(f) > 0.01), steps=st.integers(1, 12),
+       seed=st.integers(0, 10_000))
+def test_residual_rounding_adds_up_steps_below_one_level(frac, steps, seed):
+    """Each of ``steps`` proposals moves every weight by ``frac`` of a level: with the remainder carried, a weight's
+    code ends within half a level of the sum of its proposals (greedy rounding would never move it; stochastic
+    rounding only in expectation), and the stored weight is on the grid after every step."""
+    torch.manual_seed(seed)
+    wq = DirectWeightQuantizer(4, shape=(16, 64), channels=16, name="w", rounding="residual")
+    w = nn.Parameter(torch.randn(16, 64) * 0.05)
+    wq.initialize(w)
+    codes = wq.codes.clone().float()
+    interior = (codes - steps * abs(frac) > -7) & (codes + steps * abs(frac) < 6)
+    for _ in range(steps):
+        with torch.no_grad():
+            w.add_(frac * wq.scale_tensor().view(-1, 1))
+        wq.project(w)
+        assert torch.equal(w.detach(), wq.codes.float() * wq.scale_tensor().detach().view(-1, 1))
+        assert wq.residual.abs().max() <= 0.5
+    moved = (wq.codes.float() - codes)[interior]
+    assert ((moved - steps * frac).abs() <= 0.5 + 1e-4).all()
+    assert moved.abs().sum() > 0 or steps * abs(frac) < 0.5
+
+
+def test_residual_of_a_clipped_weight_stays_under_half_a_level():
+    wq = DirectWeightQuantizer(2, shape=(1, 4), channels=1, name="w", rounding="residual")
+    w = nn.Parameter(torch.tensor([[0.0, 0.1, -0.1, 0.05]]))
+    wq.initialize(w)
+    top = wq.scale_tensor().detach() * 1  # the largest level at 2 bits: code 1
+    for _ in range(5):
+        with torch.no_grad():
+            w.add_(3 * top)  # far beyond the range
+        wq.project(w)
+    assert wq.codes.tolist() == [[1, 1, 1, 1]]
+    assert torch.equal(wq.residual, torch.full((1, 4), 0.5))
+    with torch.no_grad():  # a latent weight would now sit 15 levels out; the carried remainder is half a level
+        w.sub_(0.9 * top)
+    wq.project(w)
+    assert wq.codes.tolist() == [[1, 1, 1, 1]]
+    with torch.no_grad():
+        w.sub_(0.2 * top)  # 1.1 levels back in all: down one level
+    wq.project(w)
+    assert wq.codes.tolist() == [[0, 0, 0, 0]]
+
+
 def test_projection_is_deterministic_per_seed_and_layer():
     def run(seed: int, name: str) -> torch.Tensor:
         torch.manual_seed(0)
         w = nn.Parameter(torch.randn(8, 32))
-        wq = DirectWeightQuantizer(2, shape=(8, 32), channels=8, seed=seed, name=name)
+        wq = DirectWeightQuantizer(2, shape=(8, 32), channels=8, seed=seed, name=name, rounding="stochastic")
         wq.initialize(w)
         with torch.no_grad():
             w.add_(0.37 * wq.scale_tensor().view(-1, 1))

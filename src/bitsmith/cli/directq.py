@@ -39,8 +39,9 @@ def directq_cmd(
     ideas: str = typer.Option("both", help="ablation: both | weights (direct weights only) | acts (channel-aware "
                                            "activations only) | none (core LSQ)"),
     step_gain: float = typer.Option(1.0, help="gain on each proposed weight step before it is rounded to a level"),
-    rounding: str = typer.Option("stochastic", help="how a proposed step lands on the grid: stochastic (unbiased) "
-                                                    "| greedy (per layer, the largest steps move one level)"),
+    rounding: str = typer.Option("residual", help="how a proposed step lands on the grid: residual (nearest "
+                                                  "level, the remainder carried to the next step) | stochastic "
+                                                  "(unbiased) | greedy (per layer, the largest steps move one level)"),
     act_loss_weight: float = typer.Option(0.1, help="weight of the channel-aware activation objective"),
     act_trim: float = typer.Option(0.25, help="fraction of worst channels the activation objective ignores"),
     epochs: int | None = EPOCHS_OPTION,

@@ -23,7 +23,8 @@ class DirectQConfig(_config.JsonConfig):
     (None: like the rest). direct_weights: idea 1 (False: the core's LSQ weights). channel_aware_acts: idea 2
     (False: the core's LSQ activations). step_gain: multiplies each proposed weight step before it is rounded
     onto the level grid. rounding: how ("stochastic": unbiased per weight; "greedy": per layer, the weights
-    with the largest proposed steps move, as many as the steps add up to). act_loss_weight, act_trim,
+    with the largest proposed steps move, as many as the steps add up to; "residual": nearest code, and what
+    rounding cut off, under half a level, is carried to the next step). act_loss_weight, act_trim,
     act_sample: weight of the channel-aware objective, fraction of worst channels it ignores, examples of each
     batch it is measured on. seed: stochastic rounding seed. overrides: per-layer settings passed to the core
     QConfig (bit widths, keep masks).
@@ -36,7 +37,7 @@ class DirectQConfig(_config.JsonConfig):
     direct_weights: bool = True
     channel_aware_acts: bool = True
     step_gain: float = 1.0
-    rounding: str = "stochastic"
+    rounding: str = "residual"
     act_loss_weight: float = 0.1
     act_trim: float = 0.25
     act_sample: int = 8

@@ -3,8 +3,10 @@
 * :class:`DirectWeightQuantizer` stores a layer's weight as integer codes ``c`` and learnable levels
   ``s * k`` (one step size ``s`` per output channel or per layer). The forward pass computes with ``s * c``
   exactly; the gradient reaches the weight directly (identity) and each level through the codes that use it.
-  After every optimizer step the proposed weight is projected back onto the level grid by unbiased stochastic
-  rounding, so what is stored is always a valid low-bit weight plus its levels, never a latent float weight.
+  After every optimizer step the proposed weight is projected back onto the level grid (by default to the
+  nearest level, with the part that rounding cut off carried to the next step), so the weight is always a
+  valid low-bit weight plus its levels, never a latent float weight; the carried remainder, under half a
+  level per weight, is quantizer state beside it, as an optimizer's moments are.
 * :class:`ChannelAwareActQuantizer` keeps one step size per tensor (what an integer conv accumulator allows)
   but chooses and trains it to minimise the variance-normalised quantization error of the majority of
   channels, so that a few high-variance channels no longer set the range for all.
@@ -46,7 +48,7 @@ class _AddGrad(torch.autograd.Function):
 
 
 #: How a proposed weight step becomes a move between levels (see DirectWeightQuantizer.project).
-ROUNDINGS = ("stochastic", "greedy")
+ROUNDINGS = ("residual", "stochastic", "greedy")
 
 
 class _OnGrid(torch.autograd.Function):
@@ -76,14 +78,14 @@ class DirectWeightQuantizer(LSQQuantizer):
     """Weight as integer codes plus learnable uniform levels, updated directly (see the module docstring).
 
     ``shape`` is the weight's shape (the codes buffer has it, so a checkpoint loads without a first batch).
-    ``step_gain`` multiplies the proposed step before it is rounded onto the grid. ``seed`` fixes the
-    stochastic rounding: the draws depend only on (seed, layer name, projection count), so resumed and
-    data-parallel runs round identically.
+    ``step_gain`` multiplies the proposed step before it is rounded onto the grid; ``rounding`` is one of
+    :data:`ROUNDINGS` (see :meth:`project`). ``seed`` fixes the stochastic rounding: the draws depend only on
+    (seed, layer name, projection count), so resumed and data-parallel runs round identically.
     """
 
     def __init__(self, bits: int | Sequence[int], *, shape: Sequence[int], channels: int | None = None,
                  init: str = "mse", name: str = "", step_gain: float = 1.0, seed: int = 0,
-                 rounding: str = "stochastic", learn_scale: bool = True) -> None:
+                 rounding: str = "residual", learn_scale: bool = True) -> None:
         super().__init__(bits, signed=True, symmetric=True, channels=channels, init=init, role="weight",
                          name=name, learn_scale=learn_scale)
         if not step_gain > 0:
@@ -96,6 +98,8 @@ class DirectWeightQuantizer(LSQQuantizer):
         self.register_buffer("codes", torch.zeros(tuple(shape), dtype=_code_dtype(bits)))
         self.register_buffer("anchor", torch.ones(channels or 1))
         self.register_buffer("projections", torch.zeros((), dtype=torch.int64))
+        if rounding == "residual":
+            self.register_buffer("residual", torch.zeros(tuple(shape)))
         self._seen: tuple[int, int] | None = None
 
     def levels(self) -> torch.Tensor:
@@ -137,7 +141,11 @@ class DirectWeightQuantizer(LSQQuantizer):
     @torch.no_grad()
     def project(self, w: torch.Tensor) -> None:
         """Move the codes by the step the weight took since the last projection, in units of the current step
-        size, with unbiased stochastic rounding; a level's own move carries its weights along."""
+        size, rounded as ``self.rounding`` says; a level's own move carries its weights along.
+
+        "residual" rounds to the nearest code and keeps what rounding cut off (under half a level, in units of
+        the weight's own level) for the next projection, so steps far below one level add up instead of being
+        lost (greedy) or turned into noise (stochastic); the weight itself stays on the grid."""
         s, s_b, lo, hi = self._grid(w)
         codes = self.codes.to(w.dtype)
         step = (w.detach() - codes * _broadcast(self.anchor.to(w.dtype), w)) / s_b
@@ -155,6 +163,10 @@ class DirectWeightQuantizer(LSQQuantizer):
                 index = frac.abs().topk(k).indices
                 moves[index] += torch.sign(frac[index])
             new = codes + moves.view_as(codes)
+        elif self.rounding == "residual":
+            target = codes + self.residual.to(w.dtype) + step
+            new = torch.clamp(torch.round(target), lo, hi)
+            self.residual.copy_((target - new).clamp(-0.5, 0.5))
         else:
             gen = torch.Generator(device=w.device)
             gen.manual_seed(self._seed())
