@@ -28,12 +28,28 @@ def _rows(sweep: Any) -> list[dict[str, Any]]:
     return [{**g, "method": g["command"], "label": g["setting"]} for g in groups]
 
 
-def _wall(sweep: Any) -> tuple[float, float]:
-    """(wall-clock span, summed run time) in seconds, from the done markers of the sweep's runs."""
+def _spans(sweep: Any) -> list[tuple[float, float]]:
+    """(start, end) epoch seconds of every finished run, from the done markers of the sweep's runs."""
     marks = [r.out / sweeps.DONE_MARK for r in sweep.runs if (r.out / sweeps.DONE_MARK).is_file()]
-    spans = [(m.stat().st_mtime - json.loads(m.read_text())["seconds"], m.stat().st_mtime) for m in marks]
-    total = sum(json.loads(m.read_text())["seconds"] for m in marks)
-    return (max(e for _, e in spans) - min(s for s, _ in spans), total) if spans else (0.0, 0.0)
+    return [(m.stat().st_mtime - json.loads(m.read_text())["seconds"], m.stat().st_mtime) for m in marks]
+
+
+def timing(spans: list[tuple[float, float]], workers: int, threads: int) -> str:
+    """The header's timing sentence: wall-clock span and summed run time; when the span exceeds the summed time
+    the runs were not made in one sitting (a pause, or rows re-run later), so the span is named as such."""
+    if not spans:
+        return "no finished runs"
+    total = sum(e - s for s, e in spans)
+    first, last = min(s for s, _ in spans), max(e for _, e in spans)
+    if last - first <= total:
+        return (f"{workers} at once with {threads} thread(s) each: wall time {(last - first) / 60:.1f} min "
+                f"({total / 60:.1f} min of runs)")
+    return (f"{workers} at once with {threads} thread(s) each, not in one sitting (runs made between "
+            f"{_utc(first)} and {_utc(last)} UTC; some rows re-run later): {total / 60:.1f} min of runs")
+
+
+def _utc(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
 def _noise(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -87,14 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     rel = args.config.resolve().relative_to(ROOT)
     compare_runs([r.out for r in sweep.runs if sweeps.run_state(r) == "done"], sweep.out / sweeps.COMPARE_DIR)
     rows = _rows(sweep)
-    wall, total = _wall(sweep)
     figure = ROOT / "docs" / "figures" / f"pareto-{name}.png"
     if not args.no_write:
         shutil.copyfile(sweep.out / sweeps.COMPARE_DIR / "pareto.png", figure)
     lines = [f"## Pareto study: {name} (accuracy against BOPs, size and DoF, every method)", "",
-             f"Measured {datetime.date.today().isoformat()}; {len(sweep.runs)} runs, {sweep.workers} at once with "
-             f"{sweep.threads} thread(s) each: wall time {wall / 60:.1f} min ({total / 60:.1f} min of runs). "
-             f"Settings: the header of `{rel}`.", "",
+             f"Measured {datetime.date.today().isoformat()}; {len(sweep.runs)} runs, "
+             f"{timing(_spans(sweep), sweep.workers, sweep.threads)}. Settings: the header of `{rel}`.", "",
              f"Command: `.venv/bin/bitsmith sweep {rel} && .venv/bin/python -m "
              f"benchmarks.pareto.publish {rel}`", "",
              "| method | setting | seeds | M BOPs | weights KiB | DoF | test accuracy (%) | Pareto (BOPs) |",
