@@ -124,8 +124,9 @@ class DirectWeightQuantizer(LSQQuantizer):
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
-        """Step size from the weight (MSE-optimal clipping), then codes by nearest rounding; a weight
-        parameter is overwritten with its grid value."""
+        """Step size from the weight (MSE-optimal clipping), then codes by nearest rounding (with "residual"
+        rounding, what rounding cut off is the first remainder); a weight parameter is overwritten with its grid
+        value."""
         super().initialize(x)
         if self.is_passthrough:
             return
@@ -133,7 +134,11 @@ class DirectWeightQuantizer(LSQQuantizer):
             raise ConfigError(f"DirectQ weight of '{self.name}' has shape {tuple(x.shape)}, its codes "
                               f"{tuple(self.codes.shape)}")
         s, s_b, lo, hi = self._grid(x)
-        self._write_back(x, torch.clamp(torch.round(x.detach() / s_b), lo, hi), s, s_b)
+        position = x.detach() / s_b
+        codes = torch.clamp(torch.round(position), lo, hi)
+        if self.rounding == "residual":  # where the weight sat inside its level, so small steps can tip it over
+            self.residual.copy_((position - codes).clamp(-0.5, 0.5))
+        self._write_back(x, codes, s, s_b)
 
     def _seed(self) -> int:
         return (self.seed * 1_000_003 + zlib.crc32(self.name.encode()) * 7_919 + int(self.projections)) % (2**62)
