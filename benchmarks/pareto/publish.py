@@ -34,18 +34,29 @@ def _spans(sweep: Any) -> list[tuple[float, float]]:
     return [(m.stat().st_mtime - json.loads(m.read_text())["seconds"], m.stat().st_mtime) for m in marks]
 
 
-def timing(spans: list[tuple[float, float]], workers: int, threads: int) -> str:
-    """The header's timing sentence: wall-clock span and summed run time; when the span exceeds the summed time
-    the runs were not made in one sitting (a pause, or rows re-run later), so the span is named as such."""
+def timing(spans: list[tuple[float, float]], threads: int, pause: float = 600.0) -> str:
+    """The header's timing sentence from the runs' (start, end) times: how many ran at once (the most that
+    overlapped), the wall-clock span and the summed run time; when the runs have an idle gap longer than ``pause``
+    seconds (a stop between sessions, rows re-run later) the span is not a wall time and the sentence says so."""
     if not spans:
         return "no finished runs"
+    spans = sorted(spans)
     total = sum(e - s for s, e in spans)
-    first, last = min(s for s, _ in spans), max(e for _, e in spans)
-    if last - first <= total:
-        return (f"{workers} at once with {threads} thread(s) each: wall time {(last - first) / 60:.1f} min "
-                f"({total / 60:.1f} min of runs)")
-    return (f"{workers} at once with {threads} thread(s) each, not in one sitting (runs made between "
-            f"{_utc(first)} and {_utc(last)} UTC; some rows re-run later): {total / 60:.1f} min of runs")
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda t: (t[0], t[1]))
+    running = at_once = 0
+    for _, step in events:
+        running += step
+        at_once = max(at_once, running)
+    reach, gap = spans[0][1], 0.0
+    for s, e in spans[1:]:
+        gap = max(gap, s - reach)
+        reach = max(reach, e)
+    first, last = spans[0][0], max(e for _, e in spans)
+    head = f"up to {at_once} at once with {threads} thread(s) each"
+    if gap <= pause:
+        return f"{head}: wall time {(last - first) / 60:.1f} min ({total / 60:.1f} min of runs)"
+    return (f"{head}, not in one sitting (runs made between {_utc(first)} and {_utc(last)} UTC, with pauses; "
+            f"some rows re-run later): {total / 60:.1f} min of runs")
 
 
 def _utc(seconds: float) -> str:
@@ -108,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(sweep.out / sweeps.COMPARE_DIR / "pareto.png", figure)
     lines = [f"## Pareto study: {name} (accuracy against BOPs, size and DoF, every method)", "",
              f"Measured {datetime.date.today().isoformat()}; {len(sweep.runs)} runs, "
-             f"{timing(_spans(sweep), sweep.workers, sweep.threads)}. Settings: the header of `{rel}`.", "",
+             f"{timing(_spans(sweep), sweep.threads)}. Settings: the header of `{rel}`.", "",
              f"Command: `.venv/bin/bitsmith sweep {rel} && .venv/bin/python -m "
              f"benchmarks.pareto.publish {rel}`", "",
              "| method | setting | seeds | M BOPs | weights KiB | DoF | test accuracy (%) | Pareto (BOPs) |",
