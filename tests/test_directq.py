@@ -107,8 +107,8 @@ def test_projection_rounds_a_step_without_bias(frac, seed):
 def test_residual_rounding_adds_up_steps_below_one_level(frac, steps, seed):
     """Each of ``steps`` proposals moves every weight by ``frac`` of a level: with the remainder carried (starting
     from where the weight sat inside its level), a weight's code ends within half a level of its start plus the sum
-    of its proposals (greedy rounding would never move it; stochastic rounding only in expectation), and the
-    stored weight is on the grid after every step."""
+    of its proposals (stochastic rounding gets there only in expectation), and the stored weight is on the grid
+    after every step."""
     torch.manual_seed(seed)
     wq = DirectWeightQuantizer(4, shape=(16, 64), channels=16, name="w", rounding="residual")
     w = nn.Parameter(torch.randn(16, 64) * 0.05)
