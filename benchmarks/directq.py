@@ -126,7 +126,9 @@ def main() -> None:
         "",
         f"Command: `bash benchmarks/setup.sh && .venv-bench/bin/python -m benchmarks.directq --models {args.models} "
         f"--datasets {args.datasets} --bits {args.bits} --seeds {args.seeds} --threads {args.threads} "
-        f"--scheduler {args.scheduler}{'' if args.section == 'directq' else ' --section ' + args.section}`",
+        f"--scheduler {args.scheduler}"
+        f"{'' if args.variants == ','.join(VARIANTS) else ' --variants ' + args.variants}"
+        f"{'' if args.section == 'directq' else ' --section ' + args.section}`",
         "",
         "| model | dataset | W/A | variant | seeds | test accuracy (%) | Δ vs LSQ (pt) | step / LSQ |",
         "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |",
