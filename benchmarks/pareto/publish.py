@@ -42,7 +42,7 @@ def timing(spans: list[tuple[float, float]], threads: int, pause: float = 600.0)
         return "no finished runs"
     spans = sorted(spans)
     total = sum(e - s for s, e in spans)
-    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda t: (t[0], t[1]))
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])  # an end before a start at a tie
     running = at_once = 0
     for _, step in events:
         running += step
