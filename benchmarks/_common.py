@@ -31,6 +31,32 @@ def reference_config(model: str, dataset: str, seed: int, threads: int | None, *
                        **{**SETTINGS[dataset], **changes})
 
 
+def speedups(precision: str = "fp32", channels_last: bool = False) -> dict:
+    """The TrainConfig changes of the faster CPU recipe (bf16 autocast, NHWC); empty for the protocol's float32."""
+    return {k: v for k, v in (("precision", precision), ("channels_last", channels_last)) if v not in ("fp32", False)}
+
+
+def speedup_tag(changes: dict) -> str:
+    """Cache-name suffix that keeps runs of a faster recipe apart from the float32 ones."""
+    return "".join({"precision": f"-{changes.get('precision')}", "channels_last": "-nhwc"}[k] for k in changes)
+
+
+def speedup_flags(changes: dict) -> str:
+    """The benchmark command-line flags that select the faster recipe ``changes``."""
+    return "".join({"precision": f" --precision {changes.get('precision')}", "channels_last": " --channels-last"}[k]
+                   for k in changes)
+
+
+def speedup_sentence(changes: dict) -> str:
+    """The table-header sentence that says a table was trained with the faster recipe (empty for float32)."""
+    if not changes:
+        return ""
+    return (" Every run of this table trains under " + " and ".join(
+        {"precision": "bfloat16 autocast", "channels_last": "channels-last (NHWC) tensors"}[k] for k in changes)
+        + " (evaluation in float32; engine TrainConfig), to fit the CPU budget: the protocol's float32 rows are a "
+        "different recipe.")
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     values = list(values)

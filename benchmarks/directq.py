@@ -21,7 +21,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks._common import ROOT, SETTINGS, environment, mean_std, pm, publish, reference_config, step_times
+from benchmarks._common import (
+    ROOT,
+    SETTINGS,
+    environment,
+    mean_std,
+    pm,
+    publish,
+    reference_config,
+    speedup_flags,
+    speedup_sentence,
+    speedup_tag,
+    speedups,
+    step_times,
+)
 from bitsmith import _io, data, zoo
 from bitsmith.engine import seeding, train
 from bitsmith.methods import directq
@@ -73,15 +86,16 @@ def build(variant: str, model_name: str, ds, bits: int, seed: int) -> nn.Module:
 
 
 def accuracy_run(model_name: str, dataset: str, variant: str, bits: int, seed: int, out: Path,
-                 threads: int = 2, scheduler: str = "none") -> dict:
+                 threads: int = 2, scheduler: str = "none", changes: dict | None = None) -> dict:
     """Train one (model, dataset, variant, bits, seed) with the reference recipe (or its learning-rate
-    ``scheduler``: "cosine"); cached as JSON in ``out``."""
-    tag = "fp32" if variant == "fp32" else f"{variant}-w{bits}a{bits}"
+    ``scheduler``: "cosine", and the faster recipe's TrainConfig ``changes``); cached as JSON in ``out``."""
+    changes = changes or {}
+    tag = ("fp32" if variant == "fp32" else f"{variant}-w{bits}a{bits}") + speedup_tag(changes)
     tag += "" if scheduler == "none" else f"-{scheduler}"
     path = out / f"{model_name}-{dataset}-{tag}-s{seed}.json"
     if path.exists():
         return json.loads(path.read_text())
-    cfg = reference_config(model_name, dataset, seed, threads, scheduler=scheduler)
+    cfg = reference_config(model_name, dataset, seed, threads, scheduler=scheduler, **changes)
     ds = data.get(dataset, split="train")
     t0 = time.perf_counter()
     result = train(cfg, model=build(variant, model_name, ds, bits, seed), quiet=True)
@@ -92,12 +106,20 @@ def accuracy_run(model_name: str, dataset: str, variant: str, bits: int, seed: i
     return row
 
 
-def variant_step_times(model_name: str, dataset: str, bits: int, variants: list[str]) -> dict[str, float]:
-    """Median step time (ms) of each variant (see ``_common.step_times``)."""
+def variant_step_times(model_name: str, dataset: str, bits: int, variants: list[str],
+                       changes: dict | None = None) -> dict[str, float]:
+    """Median step time (ms) of each variant (see ``_common.step_times``), under the faster recipe's ``changes``
+    when given, as its runs trained."""
+    changes = changes or {}
     ds = data.get(dataset, split="train")
     x, y = ds.tensors()
     models = {v: build(v, model_name, ds, bits, 0) for v in variants}
-    return step_times(models, x, y, SETTINGS[dataset]["batch_size"], rounds=5, steps=10, warmup=3)
+    nhwc = list(variants) if changes.get("channels_last") else []
+    for v in nhwc:
+        models[v] = models[v].to(memory_format=torch.channels_last)
+    bf16 = list(variants) if changes.get("precision") == "bf16" else []
+    return step_times(models, x, y, SETTINGS[dataset]["batch_size"], rounds=5, steps=10, warmup=3, bf16=bf16,
+                      channels_last=nhwc)
 
 
 def main() -> None:
@@ -112,8 +134,12 @@ def main() -> None:
     parser.add_argument("--runs-only", action="store_true", help="train (and cache) the runs; no timing, no table")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each training run")
     parser.add_argument("--scheduler", default="none", help="learning-rate schedule: none (the reference) | cosine")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="training precision of every run (bf16: autocast, stated in the table)")
+    parser.add_argument("--channels-last", action="store_true", help="train every run in NHWC")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
+    changes = speedups(args.precision, args.channels_last)
     import brevitas
 
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -122,11 +148,12 @@ def main() -> None:
         f"## DirectQ vs LSQ / PACT (core) vs Brevitas: {args.models} on {args.datasets}"
         + ("" if args.scheduler == "none" else f", {args.scheduler} learning rate"),
         "",
-        f"Measured {environment()}, brevitas {brevitas.__version__}. " + " ".join(__doc__.split("\n\n")[2].split()),
+        f"Measured {environment()}, brevitas {brevitas.__version__}. " + " ".join(__doc__.split("\n\n")[2].split())
+        + speedup_sentence(changes),
         "",
         f"Command: `bash benchmarks/setup.sh && .venv-bench/bin/python -m benchmarks.directq --models {args.models} "
         f"--datasets {args.datasets} --bits {args.bits} --seeds {args.seeds} --threads {args.threads} "
-        f"--scheduler {args.scheduler}"
+        f"--scheduler {args.scheduler}{speedup_flags(changes)}"
         f"{'' if args.variants == ','.join(VARIANTS) else ' --variants ' + args.variants}"
         f"{'' if args.section == 'directq' else ' --section ' + args.section}`",
         "",
@@ -136,7 +163,7 @@ def main() -> None:
     grid = [(m, d, int(b)) for m in args.models.split(",") for d in args.datasets.split(",")
             for b in args.bits.split(",")]
     def seed_accs(m: str, d: str, b: int, v: str) -> list[float]:
-        return [accuracy_run(m, d, v, b, s, args.out, args.threads, args.scheduler)["test_acc"] for s in seeds]
+        return [accuracy_run(m, d, v, b, s, args.out, args.threads, args.scheduler, changes)["test_acc"] for s in seeds]
 
     accs_of = {(m, d, b): {v: seed_accs(m, d, b, v) for v in variants} for m, d, b in grid}
     if args.runs_only:
@@ -144,7 +171,7 @@ def main() -> None:
     torch.set_num_threads(2)
     for model_name, dataset, bits in grid:
         timed = [v for v in variants if v != "fp32"]
-        timing = variant_step_times(model_name, dataset, bits, timed) if "lsq" in timed else {}
+        timing = variant_step_times(model_name, dataset, bits, timed, changes) if "lsq" in timed else {}
         accs = accs_of[(model_name, dataset, bits)]
         ref = mean_std(accs["lsq"])[0] if "lsq" in accs else None
         for v in variants:

@@ -23,7 +23,20 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import ROOT, SETTINGS, environment, mean_std, pm, publish, reference_config, step_times
+from benchmarks._common import (
+    ROOT,
+    SETTINGS,
+    environment,
+    mean_std,
+    pm,
+    publish,
+    reference_config,
+    speedup_flags,
+    speedup_sentence,
+    speedup_tag,
+    speedups,
+    step_times,
+)
 from bitsmith import _io, data, runs, searches, zoo
 from bitsmith.methods import rpg
 
@@ -31,18 +44,8 @@ OUT = ROOT / "benchmarks" / "out" / "rpg"
 RATIOS = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 1.0)
 
 
-def speedups(precision: str = "fp32", channels_last: bool = False) -> dict:
-    """The TrainConfig changes of the faster CPU recipe (bf16 autocast, NHWC); empty for the protocol's float32."""
-    return {k: v for k, v in (("precision", precision), ("channels_last", channels_last)) if v not in ("fp32", False)}
-
-
-def tag(changes: dict) -> str:
-    """Folder-name suffix that keeps runs of a faster recipe apart from the float32 ones."""
-    return "".join({"precision": f"-{changes.get('precision')}", "channels_last": "-nhwc"}[k] for k in changes)
-
-
 def sweep_dir(model_name: str, dataset: str, out: Path, changes: dict) -> Path:
-    return out / "sweep" / f"{model_name}-{dataset}{tag(changes)}"
+    return out / "sweep" / f"{model_name}-{dataset}{speedup_tag(changes)}"
 
 
 def sweep(model_name: str, dataset: str, seeds: list[int], threads: int, out: Path,
@@ -71,7 +74,7 @@ def narrow_width(model_name: str, dataset: str, dof: int) -> float:
 def narrow_run(model_name: str, dataset: str, width: float, seed: int, threads: int, out: Path,
                **changes: object) -> dict:
     """Train the narrow plain model (cached as JSON)."""
-    path = out / "narrow" / f"{model_name}-{dataset}{tag(changes)}-w{width:.4f}-s{seed}.json"
+    path = out / "narrow" / f"{model_name}-{dataset}{speedup_tag(changes)}-w{width:.4f}-s{seed}.json"
     if path.exists():
         return json.loads(path.read_text())
     cfg = reference_config(model_name, dataset, seed, threads, **changes)
@@ -167,14 +170,8 @@ def precision_part(args: argparse.Namespace, seeds: list[int]) -> list[str]:
 
 
 def header(args: argparse.Namespace, title: str) -> list[str]:
-    faster = ""
-    if args.changes:
-        faster = (" Every run of this table trains under " + " and ".join(
-            {"precision": "bfloat16 autocast", "channels_last": "channels-last (NHWC) tensors"}[k]
-            for k in args.changes) + " (evaluation in float32; engine TrainConfig), to fit the CPU budget: the "
-            "protocol's float32 rows are a different recipe.")
-    flags = "".join({"precision": f" --precision {args.precision}", "channels_last": " --channels-last"}[k]
-                    for k in args.changes)
+    faster = speedup_sentence(args.changes)
+    flags = speedup_flags(args.changes)
     return [f"## {title}", "", f"Measured {environment()}. " + " ".join(__doc__.split("\n\n")[2].split()) + faster,
             "", f"Command: `bash benchmarks/setup.sh && .venv-bench/bin/python -m benchmarks.rpg --part {args.part} "
             f"--models {args.models} --datasets {args.datasets} --seeds {args.seeds}"
@@ -203,7 +200,7 @@ def sweep_part(args: argparse.Namespace, seeds: list[int]) -> list[str]:
                         f"{100 * fit['intercept']:.2f} over DoF ratios 0.01 %–1 % (means of {len(seeds)} seeds), "
                         f"R² = {fit['r2']:.3f}")
     lines += ["", "Log-linear fit: " + "; ".join(fits) + f". Plot: `benchmarks/out/rpg/sweep/<model>-<dataset>"
-              f"{tag(args.changes)}/sweep.png` (not committed)."]
+              f"{speedup_tag(args.changes)}/sweep.png` (not committed)."]
     return lines
 
 
