@@ -22,7 +22,7 @@ from bitsmith.engine.callbacks import Callback
 from bitsmith.engine.checkpoint import check_shared, load_checkpoint, save_checkpoint
 from bitsmith.engine.config import TrainConfig
 from bitsmith.engine.progress import EpochProgress
-from bitsmith.engine.seeding import rng_state, seed_everything, set_rng_state
+from bitsmith.engine.seeding import deterministic_kernels, rng_state, seed_everything, set_rng_state
 from bitsmith.errors import BitsmithError, CheckpointError
 
 CONFIG_FILE = "config.json"
@@ -245,7 +245,7 @@ class Trainer:
         self._prepare_out_dir(resume)
         start_epoch = self._restore() if resume else 0
         if resume:
-            torch.use_deterministic_algorithms(True, warn_only=True)
+            deterministic_kernels()
         self.ddp_model = self.model
         if distributed:
             self.ddp_model = nn.parallel.DistributedDataParallel(
