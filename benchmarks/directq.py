@@ -14,6 +14,7 @@ as a ratio to LSQ's.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -66,6 +67,22 @@ def brevitas_model(model: nn.Module, bits: int) -> nn.Module:
     return model
 
 
+def dq_options(variant: str) -> tuple[str, dict]:
+    """``"dq-acts+act_trim=0"`` → ``("acts", {"act_trim": 0.0})``: a DirectQ variant, and DirectQConfig options
+    that differ from the defaults (numbers only), each after a ``+``."""
+    ideas, *pairs = variant[3:].split("+")
+    numeric = {f.name: {"int": int, "float": float}[f.type] for f in dataclasses.fields(directq.DirectQConfig)
+               if f.type in ("int", "float") and f.name not in ("weight_bits", "act_bits", "seed")}
+    options = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key not in numeric or not value:
+            raise ValueError(f"DirectQ variant option {pair!r} in {variant!r}: expected NAME=NUMBER with NAME one of "
+                             f"{', '.join(sorted(numeric))}")
+        options[key] = numeric[key](value)
+    return ideas, options
+
+
 def build(variant: str, model_name: str, ds, bits: int, seed: int) -> nn.Module:
     """A freshly initialised (seeded) model for one variant."""
     seeding.seed_everything(seed)
@@ -77,8 +94,9 @@ def build(variant: str, model_name: str, ds, bits: int, seed: int) -> nn.Module:
         return quantize(model, QConfig(weight_bits=bits, act_bits=bits, first_last_bits=None, method=variant),
                         example_input_shape=shape)
     if variant.startswith("dq-"):
-        cfg = directq.DirectQConfig.ablation(variant[3:], weight_bits=bits, act_bits=bits, first_last_bits=None,
-                                             seed=seed)
+        ideas, options = dq_options(variant)
+        cfg = directq.DirectQConfig.ablation(ideas, weight_bits=bits, act_bits=bits, first_last_bits=None,
+                                             seed=seed, **options)
         return directq.prepare(model, cfg, example_input_shape=shape)
     if variant == "brevitas":
         return brevitas_model(model, bits)
@@ -128,7 +146,9 @@ def main() -> None:
     parser.add_argument("--datasets", default="digits,fashion-mnist")
     parser.add_argument("--bits", default="2,3,4")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="comma-separated; a DirectQ variant may set DirectQConfig numbers after '+', e.g. "
+                             "dq-acts+act_trim=0+act_loss_weight=0.01")
     parser.add_argument("--no-write", action="store_true", help="print the table, leave BENCHMARKS.md alone")
     parser.add_argument("--section", default="directq", help="BENCHMARKS.md section to (re)write")
     parser.add_argument("--runs-only", action="store_true", help="train (and cache) the runs; no timing, no table")
