@@ -22,8 +22,8 @@ def deterministic_kernels() -> None:
     """Ask torch for deterministic kernels, without its NaN-filling of every new tensor.
 
     ``use_deterministic_algorithms`` also makes every ``torch.empty`` fill its memory: a pass over each activation
-    and gradient buffer, 8 % (float32) to 11 % (LSQ, DirectQ) of the CPU time of a ResNet-20 training step at
-    28x28, one thread. The fill only guards kernels that read memory they never wrote, which ours do not (the
+    and gradient buffer, 5-8 % of the CPU time of a ResNet-20 training step at 28x28 (docs/BENCHMARKS.md,
+    engine-determinism). The fill only guards kernels that read memory they never wrote, which ours do not (the
     bit-exact resume and reproducibility tests check it).
     """
     torch.use_deterministic_algorithms(True, warn_only=True)
