@@ -59,8 +59,8 @@ def test_same_seed_same_numbers_other_seed_other_numbers():
 
 
 def test_training_asks_for_deterministic_kernels_without_the_memory_fill():
-    """The fill of every new tensor costs 5-8 % of a CPU step and buys no determinism for kernels that write
-    what they read; the same-seed test above and the resume tests hold with it off."""
+    """The fill of every new tensor costs 5-8 % of a CPU step and adds no determinism to kernels that write
+    memory before reading it; the same-seed test above and the resume tests hold with it off."""
     train(_cfg(epochs=1), quiet=True)
     assert torch.are_deterministic_algorithms_enabled()
     assert torch.utils.deterministic.fill_uninitialized_memory is False
