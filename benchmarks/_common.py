@@ -6,7 +6,7 @@ import datetime
 import platform
 import re
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,40 +86,54 @@ def update_section(name: str, markdown: str, path: Path = BENCHMARKS_MD) -> Path
     return _io.write_text(path, text)
 
 
+def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, bf16: bool = False,
+               channels_last: bool = False) -> Callable[[int], None]:
+    """A function ``step(i)`` that makes one training step of ``model`` (zero_grad + forward + backward + Adam
+    step, lr 1e-3) on the ``i``-th full batch of ``x``/``y`` (wrapping around); ``bf16`` runs the forward pass
+    under bfloat16 autocast, as the Trainer does with ``precision="bf16"``; ``channels_last`` feeds NHWC batches
+    (pass an NHWC model), as with ``channels_last=True``."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step(i: int) -> None:
+        start = i * batch % (len(x) - batch + 1)
+        xb, yb = x[start:start + batch], y[start:start + batch]
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(xb)
+        loss_fn(out.float(), yb).backward()
+        opt.step()
+
+    return step
+
+
 def step_times(models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Tensor, batch: int, rounds: int = 7,
                steps: int = 15, warmup: int = 5, bf16: Sequence[str] = (),
                channels_last: Sequence[str] = ()) -> dict[str, float]:
-    """Median train-step time (ms) of each model (zero_grad + forward + backward + Adam step), measured
-    interleaved in this process on identical full batches, after ``warmup`` steps each (which also initialise
-    data-dependent quantizer scales). The models named in ``bf16`` run their forward pass under bfloat16 autocast,
-    as the Trainer does with ``precision="bf16"``; those in ``channels_last`` get NHWC batches (pass them NHWC
-    models), as with ``channels_last=True``."""
+    """Median train-step time (ms) of each model (one :func:`train_step`), measured interleaved in this process
+    on identical full batches, after ``warmup`` steps each (which also initialise data-dependent quantizer
+    scales). The models named in ``bf16`` run their forward pass under bfloat16 autocast; those in
+    ``channels_last`` get NHWC batches (pass them NHWC models)."""
     import time
 
-    opts = {v: torch.optim.Adam(m.parameters(), lr=1e-3) for v, m in models.items()}
-    loss_fn = torch.nn.CrossEntropyLoss()
+    step = {v: train_step(m, x, y, batch, bf16=v in bf16, channels_last=v in channels_last)
+            for v, m in models.items()}
     times: dict[str, list[float]] = {v: [] for v in models}
 
-    def step(v: str, i: int) -> float:
-        start = i * batch % (len(x) - batch + 1)
-        xb, yb = x[start:start + batch], y[start:start + batch]
+    def timed(v: str, i: int) -> float:
         t0 = time.perf_counter()
-        if v in channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        opts[v].zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=v in bf16):
-            out = models[v](xb)
-        loss_fn(out.float(), yb).backward()
-        opts[v].step()
+        step[v](i)
         return time.perf_counter() - t0
 
     for v in models:
         models[v].train()
         for i in range(warmup):
-            step(v, i)
+            step[v](i)
     for r in range(rounds):
         for v in models:
-            times[v] += [step(v, r * steps + i) for i in range(steps)]
+            times[v] += [timed(v, r * steps + i) for i in range(steps)]
     return {v: 1000 * statistics.median(t) for v, t in times.items()}
 
 

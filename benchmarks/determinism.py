@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from benchmarks._common import SETTINGS, environment, publish
+from benchmarks._common import SETTINGS, environment, publish, train_step
+from benchmarks.directq import build
 from bitsmith import data
 from bitsmith.engine import seeding
 
@@ -28,16 +29,8 @@ def cpu_ms_per_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ba
                     steps: int = 3) -> dict[bool, float]:
     """Median process CPU time (ms) of a train step with the fill on (True) and off (False), alternating blocks
     of ``steps`` steps, each block after one untimed step in its setting."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = torch.nn.CrossEntropyLoss()
     model.train()
-
-    def step(i: int) -> None:
-        start = i * batch % (len(x) - batch + 1)
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(x[start:start + batch]), y[start:start + batch]).backward()
-        opt.step()
-
+    step = train_step(model, x, y, batch)
     for i in range(3):
         step(i)
     times: dict[bool, list[float]] = {True: [], False: []}
@@ -54,8 +47,6 @@ def cpu_ms_per_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ba
 
 
 def main() -> None:
-    from benchmarks.directq import build
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet20")
     parser.add_argument("--datasets", default="fashion-mnist")
