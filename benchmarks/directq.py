@@ -69,15 +69,16 @@ def brevitas_model(model: nn.Module, bits: int) -> nn.Module:
 
 def dq_options(variant: str) -> tuple[str, dict]:
     """``"dq-acts+act_trim=0"`` → ``("acts", {"act_trim": 0.0})``: a DirectQ variant, and DirectQConfig options
-    that differ from the defaults (numbers only), each after a ``+``."""
+    that differ from the defaults (numbers and names), each after a ``+``."""
     ideas, *pairs = variant[3:].split("+")
-    numeric = {f.name: {"int": int, "float": float}[f.type] for f in dataclasses.fields(directq.DirectQConfig)
-               if f.type in ("int", "float") and f.name not in ("weight_bits", "act_bits", "seed")}
+    kinds = {"int": int, "float": float, "str": str}
+    numeric = {f.name: kinds[f.type] for f in dataclasses.fields(directq.DirectQConfig)
+               if f.type in kinds and f.name not in ("weight_bits", "act_bits", "seed")}
     options = {}
     for pair in pairs:
         key, _, value = pair.partition("=")
         if key not in numeric or not value:
-            raise ValueError(f"DirectQ variant option {pair!r} in {variant!r}: expected NAME=NUMBER with NAME one of "
+            raise ValueError(f"DirectQ variant option {pair!r} in {variant!r}: expected NAME=VALUE with NAME one of "
                              f"{', '.join(sorted(numeric))}")
         options[key] = numeric[key](value)
     return ideas, options

@@ -45,6 +45,7 @@ def test_from_scratch_with_one_idea(tmp_path, cli):
     (("--ideas", "all"), "unknown DirectQ ablation 'all'"),
     (("--step-gain", "0"), "step_gain must be positive"),
     (("--rounding", "nearest"), "rounding 'nearest' is not known; accepted: residual, stochastic, greedy"),
+    (("--act-grad-scale", "adam"), "act_grad_scale 'adam' is not known; accepted: lsq, none"),
     (("--model", "alexnet"), "unknown model 'alexnet'"),
     (("--from", "{tmp}/missing"), "no such run directory"),
 ])

@@ -219,6 +219,22 @@ def test_channel_aware_objective_trains_the_step_size():
     assert q.channel_error(x).item() < 0.9 * before
 
 
+@pytest.mark.parametrize("grad_scale", ["lsq", "none"])
+def test_channel_aware_objective_gradient_scale(grad_scale):
+    torch.manual_seed(2)
+    x = torch.rand(16, 6, 5, 5) * torch.linspace(0.1, 4.0, 6).view(1, 6, 1, 1)
+    q = ChannelAwareActQuantizer(3, signed=False, loss_weight=0.5, sample=16, grad_scale=grad_scale).train()
+    q(x)  # initialise
+    with torch.no_grad():
+        q.log_scale.add_(0.1)  # off the optimum, so the objective has a gradient
+    (q(x) * 0.0).sum().backward()  # no task gradient: what reaches the step size is the objective's alone
+    _, grad = q._objective_and_grad(x)
+    factor = q.grad_factor(x) if grad_scale == "lsq" else 1.0
+    (expected,) = torch.autograd.grad(q.scale_tensor(), q.log_scale, grad_outputs=0.5 * factor * grad)
+    assert abs(expected.item()) > 0
+    torch.testing.assert_close(q.log_scale.grad, expected)
+
+
 def test_short_run_on_digits_learns_and_resumes_exactly(tmp_path, interrupted_and_resumed):
     cfg = DirectQConfig(weight_bits=4, act_bits=4)
     base = TrainConfig(model="lenet5", dataset="digits", epochs=4, num_threads=1)
@@ -276,6 +292,7 @@ def test_config_round_trips_json(tmp_path):
     ({"act_bits": 9}, "accepted: 2..8, 16, 32"),
     ({"step_gain": 0.0}, "step_gain must be positive"),
     ({"act_trim": 1.0}, "act_trim must be in [0, 1)"),
+    ({"act_grad_scale": "adam"}, "act_grad_scale 'adam' is not known; accepted: lsq, none"),
     ({"overrides": {"nope": {"weight_bits": 4}}}, "nope"),
 ])
 def test_bad_config(kwargs, needle):

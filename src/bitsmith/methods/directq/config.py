@@ -7,7 +7,7 @@ from typing import Any
 
 from bitsmith import _config
 from bitsmith.errors import ConfigError
-from bitsmith.methods.directq.quantizers import ROUNDINGS
+from bitsmith.methods.directq.quantizers import ACT_GRAD_SCALES, ROUNDINGS
 from bitsmith.quant import QConfig
 
 #: Ablation names -> (direct weights, channel-aware activations).
@@ -26,8 +26,9 @@ class DirectQConfig(_config.JsonConfig):
     with the largest proposed steps move, as many as the steps add up to; "residual": nearest code, and what
     rounding cut off, under half a level, is carried to the next step). act_loss_weight, act_trim,
     act_sample: weight of the channel-aware objective, fraction of worst channels it ignores, examples of each
-    batch it is measured on. seed: stochastic rounding seed. overrides: per-layer settings passed to the core
-    QConfig (bit widths, keep masks).
+    batch it is measured on. act_grad_scale: "lsq" gives the objective's step-size gradient LSQ's gradient
+    scale, as the task loss's has ("none": unscaled, the rule before 2026-12-07). seed: stochastic rounding
+    seed. overrides: per-layer settings passed to the core QConfig (bit widths, keep masks).
     """
 
     weight_bits: int = 4
@@ -41,6 +42,7 @@ class DirectQConfig(_config.JsonConfig):
     act_loss_weight: float = 0.1
     act_trim: float = 0.25
     act_sample: int = 8
+    act_grad_scale: str = "lsq"
     seed: int = 0
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -55,6 +57,9 @@ class DirectQConfig(_config.JsonConfig):
             raise ConfigError(f"DirectQConfig.act_loss_weight must be >= 0, got {self.act_loss_weight!r}")
         if not 0.0 <= self.act_trim < 1.0:
             raise ConfigError(f"DirectQConfig.act_trim must be in [0, 1), got {self.act_trim!r}")
+        if self.act_grad_scale not in ACT_GRAD_SCALES:
+            raise ConfigError(f"DirectQConfig.act_grad_scale {self.act_grad_scale!r} is not known; accepted: "
+                              f"{', '.join(ACT_GRAD_SCALES)}")
         if self.act_sample < 1:
             raise ConfigError(f"DirectQConfig.act_sample must be >= 1, got {self.act_sample!r}")
 

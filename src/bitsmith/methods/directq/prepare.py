@@ -43,7 +43,8 @@ def prepare(model: nn.Module, config: DirectQConfig | None = None,
         if config.channel_aware_acts and not old_a.is_passthrough and old_a.learnable:
             layer.act_quant = ChannelAwareActQuantizer(
                 old_a.bits, signed=old_a.signed, init=old_a.init, name=name, loss_weight=config.act_loss_weight,
-                trim=config.act_trim, sample=config.act_sample).to(layer.weight.device)
+                trim=config.act_trim, sample=config.act_sample,
+                grad_scale=config.act_grad_scale).to(layer.weight.device)
     return qmodel
 
 

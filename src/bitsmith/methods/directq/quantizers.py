@@ -47,6 +47,11 @@ class _AddGrad(torch.autograd.Function):
         return dy, grad, None
 
 
+#: What scales the activation objective's step-size gradient: "lsq", the gradient scale LSQ gives the task
+#: loss's (so ``act_loss_weight`` weighs two like gradients), or "none" (the objective's own gradient, the rule
+#: before 2026-12-07, 10 to 10^5 times the task loss's at initialisation).
+ACT_GRAD_SCALES = ("lsq", "none")
+
 #: How a proposed weight step becomes a move between levels (see DirectWeightQuantizer.project).
 ROUNDINGS = ("residual", "stochastic", "greedy")
 
@@ -202,12 +207,13 @@ class ChannelAwareActQuantizer(LSQQuantizer):
     Objective ``J(s)``: each channel's quantization MSE divided by that channel's variance, averaged over the
     channels after dropping the worst ``trim`` fraction. The step size starts at the minimiser of ``J`` on the
     first batch (a grid search over clipping levels) and is then learned from the task loss (LSQ) plus
-    ``loss_weight * J`` on the first ``sample`` examples of each training batch.
+    ``loss_weight * J`` on the first ``sample`` examples of each training batch, the gradient of ``J`` scaled
+    as LSQ scales the task loss's (``grad_scale="lsq"``) or not (``"none"``).
     """
 
     def __init__(self, bits: int = 4, *, signed: bool | None = True, init: str = "mse", name: str = "",
                  loss_weight: float = 0.1, trim: float = 0.25, sample: int = 8, grid: int = 64,
-                 learn_scale: bool = True) -> None:
+                 grad_scale: str = "lsq", learn_scale: bool = True) -> None:
         super().__init__(bits, signed=signed, symmetric=True, channels=None, init=init, role="activation",
                          name=name, learn_scale=learn_scale)
         if not 0.0 <= trim < 1.0:
@@ -215,7 +221,11 @@ class ChannelAwareActQuantizer(LSQQuantizer):
         if loss_weight < 0 or sample < 1 or grid < 2:
             raise ConfigError(f"DirectQ activation options for '{name}': loss_weight >= 0, sample >= 1 and "
                               f"grid >= 2 are accepted, got {loss_weight!r}, {sample!r}, {grid!r}")
+        if grad_scale not in ACT_GRAD_SCALES:
+            raise ConfigError(f"DirectQ activation grad_scale {grad_scale!r} for '{name}' is not known; accepted: "
+                              f"{', '.join(ACT_GRAD_SCALES)}")
         self.loss_weight, self.trim, self.sample, self.grid = float(loss_weight), float(trim), int(sample), int(grid)
+        self.grad_scale = grad_scale
 
     @staticmethod
     def _by_channel(x: torch.Tensor) -> torch.Tensor:
@@ -289,6 +299,8 @@ class ChannelAwareActQuantizer(LSQQuantizer):
             return super()._fake_quant(x)
         s = self.scale_tensor()
         qmin, qmax = self._bounds()
-        y = fake_quant(x, s, None, qmin, qmax, self.grad_factor(x))
+        factor = self.grad_factor(x)
+        y = fake_quant(x, s, None, qmin, qmax, factor)
         _, grad = self._objective_and_grad(x[: self.sample])
-        return _AddGrad.apply(y, s, self.loss_weight * grad)
+        weight = self.loss_weight * (factor if self.grad_scale == "lsq" else 1.0)
+        return _AddGrad.apply(y, s, weight * grad)
