@@ -46,6 +46,7 @@ def test_from_scratch_with_one_idea(tmp_path, cli):
     (("--step-gain", "0"), "step_gain must be positive"),
     (("--rounding", "nearest"), "rounding 'nearest' is not known; accepted: residual, stochastic, greedy"),
     (("--act-grad-scale", "adam"), "act_grad_scale 'adam' is not known; accepted: lsq, none"),
+    (("--act-layers", "linear"), "act_layers 'linear' is not known; accepted: all, conv"),
     (("--model", "alexnet"), "unknown model 'alexnet'"),
     (("--from", "{tmp}/missing"), "no such run directory"),
 ])

@@ -293,6 +293,7 @@ def test_config_round_trips_json(tmp_path):
     ({"step_gain": 0.0}, "step_gain must be positive"),
     ({"act_trim": 1.0}, "act_trim must be in [0, 1)"),
     ({"act_grad_scale": "adam"}, "act_grad_scale 'adam' is not known; accepted: lsq, none"),
+    ({"act_layers": "linear"}, "act_layers 'linear' is not known; accepted: all, conv"),
     ({"overrides": {"nope": {"weight_bits": 4}}}, "nope"),
 ])
 def test_bad_config(kwargs, needle):
@@ -301,6 +302,16 @@ def test_bad_config(kwargs, needle):
         directq.prepare(bitsmith.create_model("lenet5", 10, 1, (16, 16)), cfg, SHAPE)
     assert needle in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("act_layers", ["all", "conv"])
+def test_act_layers_chooses_which_inputs_are_channel_aware(act_layers):
+    model = directq.prepare(bitsmith.create_model("lenet5", 10, 1, (16, 16)),
+                            DirectQConfig.ablation("acts", weight_bits=2, act_bits=2, act_layers=act_layers), SHAPE)
+    kinds = {type(m).__name__: type(m.act_quant) for m in model.modules()
+             if isinstance(m, (bitsmith.quant.QuantConv2d, bitsmith.quant.QuantLinear)) and m.act_quant.learnable}
+    assert kinds["QuantConv2d"] is ChannelAwareActQuantizer
+    assert kinds["QuantLinear"] is (ChannelAwareActQuantizer if act_layers == "all" else LSQQuantizer)
 
 
 def test_unknown_ablation():

@@ -47,6 +47,8 @@ def directq_cmd(
     act_grad_scale: str = typer.Option("lsq", help="scale of the activation objective's step-size gradient: "
                                                    "lsq (LSQ's, as the task loss's) | none (its own, the rule "
                                                    "before 2026-12-07)"),
+    act_layers: str = typer.Option("all", help="layers whose inputs get the channel-aware quantizer: all | conv "
+                                               "(linear inputs keep LSQ's)"),
     epochs: int | None = EPOCHS_OPTION,
     lr: float | None = LR_OPTION,
     batch_size: int | None = BATCH_SIZE_OPTION,
@@ -66,7 +68,8 @@ def directq_cmd(
     cfg = DirectQConfig.ablation(ideas, weight_bits=wbits, act_bits=abits, first_last_bits=first_last_bits or None,
                                  per_channel=per_channel, step_gain=step_gain, rounding=rounding,
                                  act_loss_weight=act_loss_weight, act_trim=act_trim,
-                                 act_grad_scale=act_grad_scale, seed=seed)
+                                 act_grad_scale=act_grad_scale, act_layers=act_layers,
+                                 seed=seed)
     metrics = train_method("directq", cfg, out, source=source, model=model, dataset=dataset, data_root=data_root,
                            seed=seed, threads=threads, batch_size=batch_size, epochs=epochs, lr=lr,
                            scheduler=scheduler, quiet=quiet, precision=precision,

@@ -10,6 +10,10 @@ from bitsmith.errors import ConfigError
 from bitsmith.methods.directq.quantizers import ACT_GRAD_SCALES, ROUNDINGS
 from bitsmith.quant import QConfig
 
+#: Which layers' inputs the channel-aware activation quantizer serves: every quantized layer's, or only convs'
+#: (a linear layer's input features then keep the core's LSQ quantizer).
+ACT_LAYERS = ("all", "conv")
+
 #: Ablation names -> (direct weights, channel-aware activations).
 IDEAS = {"both": (True, True), "weights": (True, False), "acts": (False, True), "none": (False, False)}
 
@@ -27,8 +31,10 @@ class DirectQConfig(_config.JsonConfig):
     rounding cut off, under half a level, is carried to the next step). act_loss_weight, act_trim,
     act_sample: weight of the channel-aware objective, fraction of worst channels it ignores, examples of each
     batch it is measured on. act_grad_scale: "lsq" gives the objective's step-size gradient LSQ's gradient
-    scale, as the task loss's has ("none": unscaled, the rule before 2026-12-07). seed: stochastic rounding
-    seed. overrides: per-layer settings passed to the core QConfig (bit widths, keep masks).
+    scale, as the task loss's has ("none": unscaled, the rule before 2026-12-07). act_layers: whose inputs get
+    the channel-aware quantizer ("all" quantized layers, or "conv" only: linear inputs keep the core's LSQ).
+    seed: stochastic rounding seed. overrides: per-layer settings passed to the core QConfig (bit widths, keep
+    masks).
     """
 
     weight_bits: int = 4
@@ -43,6 +49,7 @@ class DirectQConfig(_config.JsonConfig):
     act_trim: float = 0.25
     act_sample: int = 8
     act_grad_scale: str = "lsq"
+    act_layers: str = "all"
     seed: int = 0
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -60,6 +67,9 @@ class DirectQConfig(_config.JsonConfig):
         if self.act_grad_scale not in ACT_GRAD_SCALES:
             raise ConfigError(f"DirectQConfig.act_grad_scale {self.act_grad_scale!r} is not known; accepted: "
                               f"{', '.join(ACT_GRAD_SCALES)}")
+        if self.act_layers not in ACT_LAYERS:
+            raise ConfigError(f"DirectQConfig.act_layers {self.act_layers!r} is not known; accepted: "
+                              f"{', '.join(ACT_LAYERS)}")
         if self.act_sample < 1:
             raise ConfigError(f"DirectQConfig.act_sample must be >= 1, got {self.act_sample!r}")
 

@@ -40,7 +40,8 @@ def prepare(model: nn.Module, config: DirectQConfig | None = None,
                                        rounding=config.rounding)
             layer.weight_quant = wq.to(layer.weight.device)
             wq.initialize(layer.weight)
-        if config.channel_aware_acts and not old_a.is_passthrough and old_a.learnable:
+        serves = config.act_layers == "all" or isinstance(layer, QuantConv2d)
+        if config.channel_aware_acts and serves and not old_a.is_passthrough and old_a.learnable:
             layer.act_quant = ChannelAwareActQuantizer(
                 old_a.bits, signed=old_a.signed, init=old_a.init, name=name, loss_weight=config.act_loss_weight,
                 trim=config.act_trim, sample=config.act_sample,
