@@ -72,16 +72,23 @@ def dq_options(variant: str) -> tuple[str, dict]:
     that differ from the defaults (numbers and names), each after a ``+``."""
     ideas, *pairs = variant[3:].split("+")
     kinds = {"int": int, "float": float, "str": str}
-    numeric = {f.name: kinds[f.type] for f in dataclasses.fields(directq.DirectQConfig)
+    kind_of = {f.name: kinds[f.type] for f in dataclasses.fields(directq.DirectQConfig)
                if f.type in kinds and f.name not in ("weight_bits", "act_bits", "seed")}
     options = {}
     for pair in pairs:
         key, _, value = pair.partition("=")
-        if key not in numeric or not value:
+        if key not in kind_of or not value:
             raise ValueError(f"DirectQ variant option {pair!r} in {variant!r}: expected NAME=VALUE with NAME one of "
-                             f"{', '.join(sorted(numeric))}")
-        options[key] = numeric[key](value)
+                             f"{', '.join(sorted(kind_of))}")
+        options[key] = kind_of[key](value)
     return ideas, options
+
+
+def dq_config(variant: str, bits: int, seed: int) -> directq.DirectQConfig:
+    """The DirectQConfig a DirectQ variant trains with (the library's defaults where the variant sets nothing)."""
+    ideas, options = dq_options(variant)
+    return directq.DirectQConfig.ablation(ideas, weight_bits=bits, act_bits=bits, first_last_bits=None, seed=seed,
+                                          **options)
 
 
 def build(variant: str, model_name: str, ds, bits: int, seed: int) -> nn.Module:
@@ -95,10 +102,7 @@ def build(variant: str, model_name: str, ds, bits: int, seed: int) -> nn.Module:
         return quantize(model, QConfig(weight_bits=bits, act_bits=bits, first_last_bits=None, method=variant),
                         example_input_shape=shape)
     if variant.startswith("dq-"):
-        ideas, options = dq_options(variant)
-        cfg = directq.DirectQConfig.ablation(ideas, weight_bits=bits, act_bits=bits, first_last_bits=None,
-                                             seed=seed, **options)
-        return directq.prepare(model, cfg, example_input_shape=shape)
+        return directq.prepare(model, dq_config(variant, bits, seed), example_input_shape=shape)
     if variant == "brevitas":
         return brevitas_model(model, bits)
     raise ValueError(f"unknown variant {variant!r}; accepted: {', '.join(VARIANTS)}")
@@ -107,19 +111,27 @@ def build(variant: str, model_name: str, ds, bits: int, seed: int) -> nn.Module:
 def accuracy_run(model_name: str, dataset: str, variant: str, bits: int, seed: int, out: Path,
                  threads: int = 2, scheduler: str = "none", changes: dict | None = None) -> dict:
     """Train one (model, dataset, variant, bits, seed) with the reference recipe (or its learning-rate
-    ``scheduler``: "cosine", and the faster recipe's TrainConfig ``changes``); cached as JSON in ``out``."""
+    ``scheduler``: "cosine", and the faster recipe's TrainConfig ``changes``); cached as JSON in ``out``. A DirectQ
+    row records its full DirectQConfig, and a cached row whose config differs from what the variant means now (a
+    default changed since) is trained again rather than reused; rows cached before 2026-12-07 carry none."""
     changes = changes or {}
     tag = ("fp32" if variant == "fp32" else f"{variant}-w{bits}a{bits}") + speedup_tag(changes)
     tag += "" if scheduler == "none" else f"-{scheduler}"
     path = out / f"{model_name}-{dataset}-{tag}-s{seed}.json"
+    settings = dataclasses.asdict(dq_config(variant, bits, seed)) if variant.startswith("dq-") else None
     if path.exists():
-        return json.loads(path.read_text())
+        cached = json.loads(path.read_text())
+        if cached.get("directq", settings) == settings:
+            return cached
+        print(f"{path.name}: cached with another DirectQConfig than the variant's today; training it again", flush=True)
     cfg = reference_config(model_name, dataset, seed, threads, scheduler=scheduler, **changes)
     ds = data.get(dataset, split="train")
     t0 = time.perf_counter()
     result = train(cfg, model=build(variant, model_name, ds, bits, seed), quiet=True)
     row = {"model": model_name, "dataset": dataset, "variant": variant, "bits": bits, "seed": seed,
            "test_acc": result.metrics["test_acc"], "wall_s": time.perf_counter() - t0}
+    if settings is not None:
+        row["directq"] = settings
     _io.write_json(path, row)
     print(json.dumps(row), flush=True)
     return row

@@ -308,10 +308,12 @@ def test_bad_config(kwargs, needle):
 def test_act_layers_chooses_which_inputs_are_channel_aware(act_layers):
     model = directq.prepare(bitsmith.create_model("lenet5", 10, 1, (16, 16)),
                             DirectQConfig.ablation("acts", weight_bits=2, act_bits=2, act_layers=act_layers), SHAPE)
-    kinds = {type(m).__name__: type(m.act_quant) for m in model.modules()
-             if isinstance(m, (bitsmith.quant.QuantConv2d, bitsmith.quant.QuantLinear)) and m.act_quant.learnable}
-    assert kinds["QuantConv2d"] is ChannelAwareActQuantizer
-    assert kinds["QuantLinear"] is (ChannelAwareActQuantizer if act_layers == "all" else LSQQuantizer)
+    layers = [(name, m) for name, m in model.named_modules()
+              if isinstance(m, (bitsmith.quant.QuantConv2d, bitsmith.quant.QuantLinear)) and m.act_quant.learnable]
+    assert {type(m).__name__ for _, m in layers} == {"QuantConv2d", "QuantLinear"}
+    for name, layer in layers:
+        aware = act_layers == "all" or isinstance(layer, bitsmith.quant.QuantConv2d)
+        assert type(layer.act_quant) is (ChannelAwareActQuantizer if aware else LSQQuantizer), name
 
 
 def test_unknown_ablation():
