@@ -69,11 +69,24 @@ def pm(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
     return f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; the architecture where that is unreadable): results move between
+    CPU models, because their kernels round differently, so a table names the one it was measured on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return f"{value.strip()} ({platform.machine()})"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} CPU"
+
+
 def environment() -> str:
     """One line naming the date, library versions and machine a figure was measured with."""
     today = datetime.date.today().isoformat()
     return (f"{today}; torch {torch.__version__}, python {platform.python_version()}, "
-            f"{torch.get_num_threads()} threads, {platform.machine()} CPU")
+            f"{torch.get_num_threads()} threads, {cpu_name()}")
 
 
 def update_section(name: str, markdown: str, path: Path = BENCHMARKS_MD) -> Path:

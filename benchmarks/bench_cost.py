@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import statistics
 import time
 
 import torch
 
-from benchmarks._common import update_section
+from benchmarks._common import cpu_name, update_section
 from bitsmith.cost import model_cost
 from bitsmith.graph import trace
 from bitsmith.zoo import create_model
@@ -48,7 +47,7 @@ def main() -> None:
         "| what | model | input | median s (min-max) | target | torch | CPU | date |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
         f"| trace + model_cost | {args.model} | {args.input} | {median:.3f} ({spread}) | < 1 s | "
-        f"{torch.__version__} | {platform.processor() or platform.machine()}, 2 threads | "
+        f"{torch.__version__} | {cpu_name()}, 2 threads | "
         f"{datetime.date.today().isoformat()} |",
     ]
     print("\n".join(rows))
