@@ -4,6 +4,7 @@ knowing the method, settings named by what varies, the Pareto front, the written
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -128,3 +129,26 @@ def test_learned_fields_and_sweep_labels_do_not_split_seeds() -> None:
     assert len(groups) == 1 and groups[0].setting == "-" and len(groups[0].points) == 2
     labelled = group_points([point(0, [2], ("dnas", "budget0.25")), point(1, [4], ("dnas", "budget0.25"))])
     assert [(g.command, g.setting, len(g.points)) for g in labelled] == [("dnas", "budget0.25", 2)]
+
+
+def test_a_sweep_group_without_a_grid_is_labelled_by_its_own_options(tmp_path) -> None:
+    """A sweep group with one configuration is described by the options it gave (not by model, data or epochs);
+    a grid group keeps the grid point its folder names; a marker of an older sweep (no settings) reads "-"."""
+    from bitsmith.report.compare import SWEEP_MARK, _sweep_label
+
+    def marker(name: str, run_id: str, options: dict | None) -> Path:
+        run = tmp_path / name
+        run.mkdir()
+        body = {"id": run_id} if options is None else {"id": run_id, "settings": {"options": options}}
+        (run / SWEEP_MARK).write_text(json.dumps(body))
+        return run
+
+    assert _sweep_label(marker("a", "directq/seed0", {"wbits": 2, "abits": 2, "epochs": 10})) == (
+        "directq", "wbits=2, abits=2")
+    assert _sweep_label(marker("b", "ptq/seed1", {"model": "lenet5", "wbits": 8, "ptq": True, "bn": False})) == (
+        "ptq", "wbits=8, ptq, no-bn")
+    assert _sweep_label(marker("c", "fp32/seed0", {"model": "lenet5", "dataset": "digits", "epochs": 30})) == (
+        "fp32", "-")
+    assert _sweep_label(marker("d", "lsq/wbits4-abits4/seed0", {"wbits": 4, "abits": 4, "epochs": 10})) == (
+        "lsq", "wbits4-abits4")
+    assert _sweep_label(marker("e", "rpg/seed2", None)) == ("rpg", "-")

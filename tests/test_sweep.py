@@ -197,7 +197,9 @@ def test_demo_ends_with_the_pareto_chart_and_reports(tmp_path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"chart: {out / 'compare' / 'pareto.png'}" in result.stdout
     groups = json.loads((out / "compare" / "compare.json").read_text())
-    assert {g["command"] for g in groups} == {"train", "quantize", "directq", "cgmq", "rpg"}
+    assert {g["command"] for g in groups} == {"fp32", "lsq-ptq", "lsq", "directq", "cgmq", "rpg"}
+    settings = {g["command"]: g["setting"] for g in groups if g["command"] != "lsq"}
+    assert settings["directq"] == "wbits=2, abits=2" and settings["rpg"] == "dof-ratio=0.25", settings
     assert (out / "compare" / "pareto.png").stat().st_size > 10_000
     assert (out / "cgmq" / "seed0" / "report.html").is_file() and (out / "sweep.toml").is_file()
 

@@ -114,15 +114,35 @@ def run_point(run_dir: str | Path) -> RunPoint:
                     fields=_flatten(config))
 
 
+#: Sweep options that a group's setting leaves out: model and data have their own columns; epochs are recipe.
+_UNDESCRIBED = frozenset({"model", "dataset", "epochs"})
+
+
+def _describe(options: Any) -> str:
+    """``{"wbits": 2, "abits": 2, "epochs": 10}`` → ``"wbits=2, abits=2"``: a sweep group's own options, as its
+    setting when it has no grid (a flag reads as its name, or ``no-`` and its name when off)."""
+    if not isinstance(options, dict):
+        return "-"
+    words = [(k if v else f"no-{k}") if isinstance(v, bool) else f"{k}={v}"
+             for k, v in options.items() if k not in _UNDESCRIBED]
+    return ", ".join(words) or "-"
+
+
 def _sweep_label(run_dir: Path) -> tuple[str, str] | None:
-    """(group, setting) of a run a sweep made, from the id in its done marker (``group[/setting]/seedN``)."""
+    """(group, setting) of a run a sweep made, from the id in its done marker (``group[/setting]/seedN``); a group
+    without a grid is described by its options (the marker's ``settings``)."""
     path = run_dir / SWEEP_MARK
     if not path.is_file():
         return None
-    parts = str(_io.read_json(path, "sweep marker", CheckpointError).get("id", "")).split("/")
+    marker = _io.read_json(path, "sweep marker", CheckpointError)
+    parts = str(marker.get("id", "")).split("/")
     if parts and parts[-1].startswith("seed") and parts[-1][4:].isdigit():
         parts = parts[:-1]
-    return (parts[0], "/".join(parts[1:]) or "-") if parts and parts[0] else None
+    if not parts or not parts[0]:
+        return None
+    settings = marker.get("settings")
+    described = _describe(settings.get("options")) if isinstance(settings, dict) else "-"
+    return parts[0], "/".join(parts[1:]) or described
 
 
 def _short(key: str) -> str:
