@@ -69,17 +69,28 @@ def pm(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
     return f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; the architecture where that is unreadable): results move between
-    CPU models, because their kernels round differently, so a table names the one it was measured on."""
+def _cpuinfo() -> str:
+    """``/proc/cpuinfo`` (empty where it is unreadable, e.g. not Linux)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                return f"{value.strip()} ({platform.machine()})"
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
+        return ""
+
+
+def cpu_name() -> str:
+    """The CPU's model name (the architecture where the system does not say): results move between CPU models,
+    because their kernels round differently, so a table names the one it was measured on."""
+    for line in _cpuinfo().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            return f"{value.strip()} ({platform.machine()})"
     return f"{platform.processor() or platform.machine()} CPU"
+
+
+def cpu_flags() -> str:
+    """The bfloat16-related instruction sets this CPU reports (empty when it reports none or is not Linux)."""
+    words = _cpuinfo().split()
+    return ", ".join(sorted({w for w in words if w in ("avx512_bf16", "amx_bf16", "amx_tile")}))
 
 
 def environment() -> str:

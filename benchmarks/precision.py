@@ -18,22 +18,23 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import ROOT, SETTINGS, environment, mean_std, pm, publish, reference_config, step_times
+from benchmarks._common import (
+    ROOT,
+    SETTINGS,
+    cpu_flags,
+    environment,
+    mean_std,
+    pm,
+    publish,
+    reference_config,
+    step_times,
+)
 from bitsmith import _io, data, quantize, runs, zoo
 from bitsmith.engine import train
 from bitsmith.quant import QConfig
 
 OUT = ROOT / "benchmarks" / "out" / "precision"
 PRECISIONS = ("fp32", "bf16")
-
-
-def cpu_flags() -> str:
-    """The bfloat16-related instruction sets this CPU reports (empty when it reports none or is not Linux)."""
-    try:
-        words = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return ""
-    return ", ".join(sorted({w for w in words if w in ("avx512_bf16", "amx_bf16", "amx_tile")}))
 
 
 def float_run(model: str, dataset: str, precision: str, seed: int, threads: int) -> Path:
