@@ -131,17 +131,28 @@ def test_learned_fields_and_sweep_labels_do_not_split_seeds() -> None:
     assert [(g.command, g.setting, len(g.points)) for g in labelled] == [("dnas", "budget0.25", 2)]
 
 
-def test_a_sweep_group_without_a_grid_is_labelled_by_its_own_options(tmp_path) -> None:
-    """A sweep group with one configuration is described by the options it gave (not by model, data or epochs);
-    a grid group keeps the grid point its folder names; a marker of an older sweep (no settings) reads "-"."""
+def test_a_sweep_group_is_labelled_by_its_grid_point_or_its_own_options(tmp_path) -> None:
+    """A sweep group's run is described by the options it gave (not by model, data or epochs), in one format with
+    or without a grid: the grid point the marker records first and whole (epochs too when the grid varies them);
+    an older marker without the grid keeps its folder's name, one without settings reads "-"."""
     from bitsmith.report.compare import SWEEP_MARK, _sweep_label
 
-    def marker(name: str, run_id: str, options: dict | None) -> Path:
+    def marker(name: str, run_id: str, options: dict | None, grid: dict | None = None) -> Path:
         run = tmp_path / name
         run.mkdir()
         body = {"id": run_id} if options is None else {"id": run_id, "settings": {"options": options}}
+        if grid is not None:
+            body["grid"] = grid
         (run / SWEEP_MARK).write_text(json.dumps(body))
         return run
+
+    assert _sweep_label(marker("g", "lsq/wbits4-abits4/seed0", {"per-channel": False, "epochs": 10, "wbits": 4,
+                                                                 "abits": 4}, {"wbits": 4, "abits": 4})) == (
+        "lsq", "wbits=4, abits=4, no-per-channel")
+    assert _sweep_label(marker("h", "fp32/epochs5-modellenet5/seed0", {"epochs": 5, "model": "lenet5"},
+                               {"epochs": 5, "model": "lenet5"})) == ("fp32", "epochs=5")
+    assert _sweep_label(marker("i", "fp32/modellenet5/seed0", {"model": "lenet5"}, {"model": "lenet5"})) == (
+        "fp32", "-")
 
     assert _sweep_label(marker("a", "directq/seed0", {"wbits": 2, "abits": 2, "epochs": 10})) == (
         "directq", "wbits=2, abits=2")

@@ -70,6 +70,8 @@ def test_grid_expands_into_runs_per_combination_and_seed(tmp_path, commands) -> 
     assert "--per-tensor" in argv and "--model" not in argv  # a false flag uses its off spelling; no defaults with from
     rpg = sweeps.run_argv(sweep, by_id["rpg/dof-ratio0.1/seed0"], commands)
     assert rpg[rpg.index("--dof-ratio") + 1] == "0.1" and rpg[rpg.index("--model") + 1] == "lenet5"
+    assert by_id["lsq/wbits4-abits4/seed1"].grid == (("wbits", 4), ("abits", 4))
+    assert by_id["rpg/dof-ratio0.1/seed0"].grid == (("dof-ratio", 0.1),) and by_id["fp32/seed1"].grid == ()
     assert all(sweeps.run_state(r) == "new" for r in sweep.runs)
 
 
@@ -120,8 +122,7 @@ epochs = 30
 [runs.ptq]
 command = "quantize"
 from = "short"
-wbits = 8
-abits = 8
+grid = [{{wbits = 8, abits = 8}}]
 ptq = true
 """
 
@@ -155,10 +156,11 @@ def test_killed_sweep_restarts_without_redoing_finished_runs_and_loses_nothing(t
     assert "start   short/seed0" not in again.stdout
     assert "start   long/seed0 (resuming)" in again.stdout
     assert {p.name: p.stat().st_mtime_ns for p in short.iterdir()} == before
-    for run_id in ("short/seed0", "long/seed0", "ptq/seed0"):
+    for run_id in ("short/seed0", "long/seed0", "ptq/wbits8-abits8/seed0"):
         assert (out / run_id / sweeps.DONE_MARK).is_file()
     compare = json.loads((out / "compare" / "compare.json").read_text())
     assert sum(g["n"] for g in compare) == 3
+    assert {g["command"]: g["setting"] for g in compare} == {"short": "-", "long": "-", "ptq": "wbits=8, abits=8, ptq"}
 
     reference = tmp_path / "reference"
     main(["train", "--model", "lenet5", "--epochs", "30", "--seed", "0", "--threads", "1", "--quiet",
@@ -200,6 +202,7 @@ def test_demo_ends_with_the_pareto_chart_and_reports(tmp_path) -> None:
     assert {g["command"] for g in groups} == {"fp32", "lsq-ptq", "lsq", "directq", "cgmq", "rpg"}
     settings = {g["command"]: g["setting"] for g in groups if g["command"] != "lsq"}
     assert settings["directq"] == "wbits=2, abits=2" and settings["rpg"] == "dof-ratio=0.25", settings
+    assert sorted(g["setting"] for g in groups if g["command"] == "lsq") == ["wbits=2, abits=2", "wbits=4, abits=4"]
     assert (out / "compare" / "pareto.png").stat().st_size > 10_000
     assert (out / "cgmq" / "seed0" / "report.html").is_file() and (out / "sweep.toml").is_file()
 

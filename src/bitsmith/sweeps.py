@@ -75,7 +75,8 @@ CommandTable = Mapping[str, Mapping[str, OptionSpec]]
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One run of a sweep: its id (group/setting/seed), command, options, seed, the run it starts from, folder."""
+    """One run of a sweep: its id (group/setting/seed), command, options, seed, the run it starts from, folder, and
+    its grid point (the options its group varies; empty for a group without a grid)."""
 
     id: str
     group: str
@@ -84,6 +85,7 @@ class PlannedRun:
     seed: int | None
     source: str | None
     out: Path
+    grid: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass
@@ -184,7 +186,8 @@ def _group_runs(name: str, table: dict[str, Any], defaults: dict[str, Any], comm
                 parts = [name, *([slug] if slug else []), *([f"seed{seed}"] if seed is not None else [])]
                 planned.append({"id": "/".join(parts), "group": name, "command": command,
                                 "options": tuple({**fixed, **varying}.items()), "seed": seed,
-                                "from": table.get("from"), "out": out.joinpath(*parts)})
+                                "grid": tuple(varying.items()), "from": table.get("from"),
+                                "out": out.joinpath(*parts)})
     return planned
 
 
@@ -253,7 +256,7 @@ def _resolve_sources(planned: list[dict[str, Any]], groups: dict[str, Any], comm
                                   f"run per seed (it has {len(matches)} for seed {r['seed']})")
             source = matches[0]["id"]
         resolved[r["id"]] = PlannedRun(id=r["id"], group=r["group"], command=r["command"], options=r["options"],
-                                       seed=r["seed"], source=source, out=r["out"])
+                                       seed=r["seed"], source=source, out=r["out"], grid=r["grid"])
     ordered = [run for run in resolved.values() if run.source is None]
     ordered += [run for run in resolved.values() if run.source is not None]
     return ordered
@@ -437,6 +440,7 @@ def _run_locked(sweep: Sweep, commands: CommandTable, report: Reporter, poll_s: 
                 if code == 0:
                     _io.write_json(job.run.out / DONE_MARK, {"id": job.run.id, "argv": job.argv,
                                                              "settings": run_settings(job.run),
+                                                             "grid": dict(job.run.grid),
                                                              "seconds": round(seconds, 1)})
                     finished.add(job.run.id)
                     result.done.append(job.run)

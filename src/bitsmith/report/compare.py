@@ -118,19 +118,21 @@ def run_point(run_dir: str | Path) -> RunPoint:
 _UNDESCRIBED = frozenset({"model", "dataset", "epochs"})
 
 
-def _describe(options: Any) -> str:
-    """``{"wbits": 2, "abits": 2, "epochs": 10}`` → ``"wbits=2, abits=2"``: a sweep group's own options, as its
-    setting when it has no grid (a flag reads as its name, or ``no-`` and its name when off)."""
+def _describe(options: Any, omit: frozenset[str] = _UNDESCRIBED) -> str:
+    """``{"wbits": 2, "abits": 2, "epochs": 10}`` → ``"wbits=2, abits=2"``: sweep options as a group's setting (a flag
+    reads as its name, or ``no-`` and its name when off); keys in ``omit`` are left out."""
     if not isinstance(options, dict):
         return "-"
     words = [(k if v else f"no-{k}") if isinstance(v, bool) else f"{k}={v}"
-             for k, v in options.items() if k not in _UNDESCRIBED]
+             for k, v in options.items() if k not in omit]
     return ", ".join(words) or "-"
 
 
 def _sweep_label(run_dir: Path) -> tuple[str, str] | None:
-    """(group, setting) of a run a sweep made, from the id in its done marker (``group[/setting]/seedN``); a group
-    without a grid is described by its options (the marker's ``settings``)."""
+    """(group, setting) of a run a sweep made, from its done marker: the group from the id
+    (``group[/setting]/seedN``), the setting from the group's own options (the marker's ``settings``), the grid
+    point the marker records first and kept whole (epochs too; model and data have their own columns). A marker
+    older than the grid record keeps the id's folder name as its setting; one without settings reads "-"."""
     path = run_dir / SWEEP_MARK
     if not path.is_file():
         return None
@@ -141,8 +143,13 @@ def _sweep_label(run_dir: Path) -> tuple[str, str] | None:
     if not parts or not parts[0]:
         return None
     settings = marker.get("settings")
-    described = _describe(settings.get("options")) if isinstance(settings, dict) else "-"
-    return parts[0], "/".join(parts[1:]) or described
+    options = settings.get("options") if isinstance(settings, dict) else None
+    grid = marker.get("grid")
+    if isinstance(grid, dict) and isinstance(options, dict):
+        point = _describe(grid, frozenset({"model", "dataset"}))
+        rest = _describe({k: v for k, v in options.items() if k not in grid})
+        return parts[0], ", ".join(w for w in (point, rest) if w != "-") or "-"
+    return parts[0], "/".join(parts[1:]) or _describe(options)
 
 
 def _short(key: str) -> str:
