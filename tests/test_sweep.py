@@ -218,6 +218,23 @@ def test_a_finished_run_with_other_settings_is_not_silently_reused(tmp_path, com
         sweeps.run_sweep(changed, commands)
 
 
+def test_a_run_finished_before_grid_points_were_recorded_gets_its_point_and_its_label(tmp_path, commands) -> None:
+    """A marker written before markers recorded the grid point is completed when the sweep skips its run, so the
+    run's seeds stay one row, labelled like a new run's, not by the folder name."""
+    text = f'[sweep]\nout = "{tmp_path / "o"}"\nseeds = [0]\n[runs.a]\ncommand = "train"\nmodel = "lenet5"\n' \
+           'epochs = [1]\n'
+    sweep = sweeps.load_sweep(_write(tmp_path, text), commands)
+    sweeps.run_sweep(sweep, commands)
+    path = sweep.runs[0].out / sweeps.DONE_MARK
+    marker = json.loads(path.read_text())
+    assert marker["grid"] == {"epochs": 1}
+    path.write_text(json.dumps({k: v for k, v in marker.items() if k != "grid"}))
+    result = sweeps.run_sweep(sweep, commands)
+    assert [r.id for r in result.skipped] == ["a/epochs1/seed0"]
+    assert json.loads(path.read_text()) == marker
+    assert [(g["command"], g["setting"]) for g in result.compare["groups"]] == [("a", "epochs=1")]
+
+
 def test_a_second_sweep_over_the_same_folder_is_refused(tmp_path, commands) -> None:
     import fcntl
 

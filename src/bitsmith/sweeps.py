@@ -395,10 +395,13 @@ def _run_locked(sweep: Sweep, commands: CommandTable, report: Reporter, poll_s: 
     pending: list[PlannedRun] = []
     for run in sweep.runs:
         if run_state(run) == "done":
-            made = _io.read_json(run.out / DONE_MARK, "sweep marker", ConfigError).get("settings")
+            marker = _io.read_json(run.out / DONE_MARK, "sweep marker", ConfigError)
+            made = marker.get("settings")
             if made is not None and made != run_settings(run):
                 raise ConfigError(f"{run.out} finished with other settings than the sweep now asks ({made}); delete "
                                   "it, or give the sweep another --out")
+            if made is not None and "grid" not in marker:
+                _io.write_json(run.out / DONE_MARK, {**marker, "grid": dict(run.grid)})
     for run in sweep.runs:
         if run_state(run) == "done":
             result.skipped.append(run)
