@@ -114,8 +114,10 @@ def run_point(run_dir: str | Path) -> RunPoint:
                     fields=_flatten(config))
 
 
-#: Sweep options that a group's setting leaves out: model and data have their own columns; epochs are recipe.
-_UNDESCRIBED = frozenset({"model", "dataset", "epochs"})
+#: Sweep options with their own columns in the table (never part of a setting).
+_OWN_COLUMNS = frozenset({"model", "dataset"})
+#: Sweep options that a group's setting leaves out: its own columns, and epochs (recipe, unless a grid varies them).
+_UNDESCRIBED = _OWN_COLUMNS | {"epochs"}
 
 
 def _describe(options: Any, omit: frozenset[str] = _UNDESCRIBED) -> str:
@@ -146,7 +148,7 @@ def _sweep_label(run_dir: Path) -> tuple[str, str] | None:
     options = settings.get("options") if isinstance(settings, dict) else None
     grid = marker.get("grid")
     if isinstance(grid, dict) and isinstance(options, dict):
-        point = _describe(grid, frozenset({"model", "dataset"}))
+        point = _describe(grid, _OWN_COLUMNS)
         rest = _describe({k: v for k, v in options.items() if k not in grid})
         return parts[0], ", ".join(w for w in (point, rest) if w != "-") or "-"
     return parts[0], "/".join(parts[1:]) or _describe(options)
