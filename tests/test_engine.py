@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -17,6 +18,7 @@ from bitsmith.engine import (
     save_checkpoint,
     train,
 )
+from bitsmith.engine.progress import EpochProgress
 from bitsmith.errors import BitsmithError, CheckpointError, ConfigError
 
 
@@ -47,6 +49,29 @@ def test_training_learns_and_writes_a_run_directory(tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["command"] == "train" and config["train"]["epochs"] == 4
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_progress_off_a_terminal_is_one_line_per_epoch(capsys):
+    train(_cfg(epochs=2), quiet=False)  # capsys's stderr is not a terminal, like a log file or a batch job's
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+    assert [line.split("  ")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"], lines
+    assert all(" loss " in f" {line} " and "test acc" in line and line.endswith(" s") for line in lines), lines
+    train(_cfg(epochs=1), quiet=True)
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_on_a_terminal_is_a_live_bar_not_lines():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    with EpochProgress(stream=screen) as bar:
+        bar.start_epoch("epoch 1/1", 2)
+        bar.advance("loss 1.0")
+        bar.end_epoch("loss 1.0")
+    assert bar.enabled and not bar.lines and "epoch 1/1" in screen.getvalue()
+    assert not EpochProgress(quiet=True, stream=Terminal()).enabled
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers():

@@ -1,33 +1,41 @@
-"""A progress bar for epoch loops: shown on a terminal, silent when output is piped or ``quiet`` is set."""
+"""Epoch progress on stderr: a live bar on a terminal, one plain line per finished epoch when stderr is piped or
+redirected (a log file, a batch job: a long run is never silent), nothing when ``quiet`` is set."""
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+import time
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
 class EpochProgress:
-    """One bar per epoch with the running loss; a no-op unless stderr is a TTY and not quiet."""
+    """One bar per epoch with the running loss on a TTY; otherwise ``epoch 3/15  loss 0.4120  test acc 87.20%
+    12.3 s`` as each epoch ends. ``stream``: where it writes (default: stderr at construction)."""
 
-    def __init__(self, quiet: bool = False) -> None:
-        self.enabled = not quiet and sys.stderr.isatty()
+    def __init__(self, quiet: bool = False, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        interactive = self.stream.isatty()
+        self.enabled = not quiet and interactive
+        self.lines = not quiet and not interactive
         self._progress: Progress | None = None
         self._task: Any = None
+        self._epoch: tuple[str, float] | None = None
 
     def __enter__(self) -> EpochProgress:
         if self.enabled:
             self._progress = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                console=Console(stderr=True), transient=False,
+                console=Console(file=self.stream), transient=False,
             )
             self._progress.start()
         return self
 
     def start_epoch(self, description: str, total: int) -> None:
+        self._epoch = (description, time.perf_counter())
         if self._progress is not None:
             self._task = self._progress.add_task(description, total=total, info="")
 
@@ -38,6 +46,10 @@ class EpochProgress:
     def end_epoch(self, info: str = "") -> None:
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, info=info)
+        if self.lines and self._epoch is not None:
+            description, started = self._epoch
+            text = "  ".join(part for part in (description, info, f"{time.perf_counter() - started:.1f} s") if part)
+            print(text, file=self.stream, flush=True)
 
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
