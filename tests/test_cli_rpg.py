@@ -58,7 +58,12 @@ def test_rpg_sweep_fits_accuracy_against_log_dof(cli, tmp_path):
     assert result["points"][0]["dof"] < result["points"][1]["dof"] < result["points"][2]["dof"]
     assert (out / "sweep.png").stat().st_size > 0
     assert runs.run_finished(out / "runs" / "r0.01-s0") and runs.run_finished(out / "runs" / "full-s0")
-    assert cli(*args)[0] == 0 and json.loads((out / "sweep.json").read_text())["points"] == result["points"]
+    code, _, stderr = cli(*[a for a in args if a != "--quiet"])  # finished runs are reused
+    assert code == 0 and json.loads((out / "sweep.json").read_text())["points"] == result["points"]
+    lines = [line.split("  ")[:2] for line in stderr.splitlines() if line.startswith("rpg sweep ")]
+    assert [name for _, name in lines] == [f"full-s0: test acc {100 * result['reference_acc'][0]:.2f}%"] + [
+        f"r{p['ratio']:g}-s0: test acc {100 * p['test_acc'][0]:.2f}%" for p in result["points"]]
+    assert [count for count, _ in lines] == [f"rpg sweep {k}/4" for k in range(1, 5)]
 
 
 @pytest.mark.parametrize("args, message", [

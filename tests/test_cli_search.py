@@ -86,8 +86,12 @@ def test_grid_trains_every_configuration_with_every_seed_and_reports_the_varianc
             assert runs.final_run_metrics(run)["test_acc"] == acc
             assert runs.run_cost(run).total_bops == point["bops"]
     assert (out / GRID_PLOT).stat().st_size > 0
-    assert cli(*args)[0] == 0  # finished runs are reused
-    assert json.loads((out / GRID_RESULT).read_text())["points"] == result["points"]
+    code, _, stderr = cli(*[a for a in args if a != "--quiet"])  # finished runs are reused
+    assert code == 0 and json.loads((out / GRID_RESULT).read_text())["points"] == result["points"]
+    finished = [f"c{point['config']}-s{seed}: test acc {100 * acc:.2f}%" for point in result["points"]
+                for seed, acc in zip((0, 1), point["test_acc"], strict=True)]
+    lines = [line.split("  ")[:2] for line in stderr.splitlines() if line.startswith("grid ")]
+    assert lines == [[f"grid {k}/4", run] for k, run in enumerate(finished, start=1)], stderr
     code, _, stderr = cli("grid", "--from", str(float_run), "--budget-bops", "0.2", "--seeds", "0", "--quiet",
                           "--out", str(tmp_path / "g2"))
     assert code == 2 and "two distinct seeds" in stderr

@@ -18,7 +18,7 @@ from bitsmith.engine import (
     save_checkpoint,
     train,
 )
-from bitsmith.engine.progress import EpochProgress
+from bitsmith.engine.progress import EpochProgress, RunsProgress
 from bitsmith.errors import BitsmithError, CheckpointError, ConfigError
 
 
@@ -72,6 +72,21 @@ def test_progress_on_a_terminal_is_a_live_bar_not_lines():
         bar.end_epoch("loss 1.0")
     assert bar.enabled and not bar.lines and "epoch 1/1" in screen.getvalue()
     assert not EpochProgress(quiet=True, stream=Terminal()).enabled
+
+
+def test_runs_progress_off_a_terminal_is_one_line_per_run():
+    log = io.StringIO()
+    with RunsProgress("grid", 2, stream=log) as bar:
+        bar.advance("c0-s0: test acc 90.00%")
+        bar.advance("c0-s1: test acc 91.00%")
+    lines = [line.split("  ") for line in log.getvalue().splitlines()]
+    assert [line[:2] for line in lines] == [["grid 1/2", "c0-s0: test acc 90.00%"],
+                                            ["grid 2/2", "c0-s1: test acc 91.00%"]]
+    assert all(line[2].endswith(" s") for line in lines)
+    silent = io.StringIO()
+    with RunsProgress("grid", 1, quiet=True, stream=silent) as bar:
+        bar.advance("c0-s0")
+    assert silent.getvalue() == ""
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers():

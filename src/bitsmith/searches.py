@@ -127,8 +127,7 @@ def grid_study(config: Any, out: str | Path, *, source: str | Path | None = None
     every seed of ``seeds``; then the one-way analysis of variance of their test accuracy. Finished runs are
     reused, so an interrupted study continues where it stopped. Writes ``grid.json``, ``grid.png`` and the
     per-configuration bits files under ``out``."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from bitsmith.engine.progress import RunsProgress
     from bitsmith.methods import dnas
     from bitsmith.quant import QConfig
 
@@ -142,9 +141,7 @@ def grid_study(config: Any, out: str | Path, *, source: str | Path | None = None
     sampled = dnas.grid.sample_configs(space, configs, tolerance=tolerance, seed=sample_seed)
     fold = config.prune and dnas.has_batchnorm(architecture)
     points = []
-    with Progress(TextColumn("grid"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  disable=quiet) as bar:
-        task = bar.add_task("runs", total=len(sampled) * len(seeds))
+    with RunsProgress("grid", len(sampled) * len(seeds), quiet=quiet) as bar:
         for i, choices in enumerate(sampled):
             bits = space.assignment(choices)
             bits.save(out / "configs" / f"c{i}.bits.json")
@@ -155,7 +152,7 @@ def grid_study(config: Any, out: str | Path, *, source: str | Path | None = None
                                base=None if source is not None else train_base, quiet=True, resume=True, seed=seed,
                                val=False, **overrides)
                 accs.append(float(metrics["test_acc"]))
-                bar.advance(task)
+                bar.advance(f"c{i}-s{seed}: test acc {100 * accs[-1]:.2f}%")
             points.append({"config": i, "bops": space.bops(choices), "test_acc": accs,
                            "bits_file": f"configs/c{i}.bits.json"})
     study = dnas.grid.variance_study([p["test_acc"] for p in points])
@@ -205,8 +202,7 @@ def rpg_sweep(base: TrainConfig, out: str | Path, *, ratios: Sequence[float], se
     """Train ``base``'s model wrapped by RPG at every DoF ratio of ``ratios`` with every seed (``out/runs/r<ratio>-
     s<seed>``, reused when finished), and with ``reference`` the plain model too; fit the mean accuracy against
     log10(ratio) over ``fit_range`` (default: the ratios up to 1 %); write ``sweep.json`` and ``sweep.png``."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from bitsmith.engine.progress import RunsProgress
     from bitsmith.methods import rpg
 
     if not ratios:
@@ -217,14 +213,12 @@ def rpg_sweep(base: TrainConfig, out: str | Path, *, ratios: Sequence[float], se
         rpg.RPGConfig(dof_ratio=r)  # refuses a ratio outside (0, 1] before any training
     points: list[dict[str, Any]] = []
     full: list[float] = []
-    with Progress(TextColumn("rpg sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  disable=quiet) as bar:
-        task = bar.add_task("runs", total=(len(ratios) + int(reference)) * len(seeds))
+    with RunsProgress("rpg sweep", (len(ratios) + int(reference)) * len(seeds), quiet=quiet) as bar:
         for seed in seeds:
             if reference:
                 cfg = dataclasses.replace(base, seed=seed)
                 full.append(float(_plain_run(cfg, out / "runs" / f"full-s{seed}", quiet=True)["test_acc"]))
-                bar.advance(task)
+                bar.advance(f"full-s{seed}: test acc {100 * full[-1]:.2f}%")
         for ratio in ratios:
             accs, dof = [], None
             for seed in seeds:
@@ -233,7 +227,7 @@ def rpg_sweep(base: TrainConfig, out: str | Path, *, ratios: Sequence[float], se
                                base=base, quiet=True, resume=True, seed=seed)
                 accs.append(float(metrics["test_acc"]))
                 dof = runs.run_cost(run_dir).dof if dof is None else dof
-                bar.advance(task)
+                bar.advance(f"{run_dir.name}: test acc {100 * accs[-1]:.2f}%")
             points.append({"ratio": ratio, "dof": dof, "test_acc": accs, "mean": sum(accs) / len(accs)})
     lo, hi = fit_range if fit_range is not None else (ratios[0], 0.01)
     fitted = [p for p in points if lo <= p["ratio"] <= hi]

@@ -1,5 +1,6 @@
-"""Epoch progress on stderr: a live bar on a terminal, one plain line per finished epoch when stderr is piped or
-redirected (a log file, a batch job: a long run is never silent), nothing when ``quiet`` is set."""
+"""Progress on stderr, over a training's epochs and over a study's runs: a live bar on a terminal, one plain line
+per finished epoch or run when stderr is piped or redirected (a log file, a batch job: long work is never silent),
+nothing when ``quiet`` is set."""
 
 from __future__ import annotations
 
@@ -54,3 +55,38 @@ class EpochProgress:
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+class RunsProgress:
+    """Progress over a fixed number of runs (a grid study, a DoF sweep): a bar on a TTY, otherwise one line per
+    finished run, ``grid 3/24  c1-s0: test acc 95.28%  41.0 s``; nothing when ``quiet``."""
+
+    def __init__(self, title: str, total: int, quiet: bool = False, stream: TextIO | None = None) -> None:
+        self.title, self.total, self.done = title, total, 0
+        self.stream = stream if stream is not None else sys.stderr
+        interactive = self.stream.isatty()
+        self.lines = not quiet and not interactive
+        self._progress = Progress(TextColumn(title), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                  console=Console(file=self.stream), disable=quiet or not interactive)
+        self._task: Any = None
+        self._since = time.perf_counter()
+
+    def __enter__(self) -> RunsProgress:
+        self._progress.start()
+        self._task = self._progress.add_task("runs", total=self.total)
+        self._since = time.perf_counter()
+        return self
+
+    def advance(self, info: str = "") -> None:
+        """One more run finished; ``info`` says which and how it ended."""
+        self.done += 1
+        self._progress.advance(self._task)
+        if self.lines:
+            now = time.perf_counter()
+            text = "  ".join(part for part in (f"{self.title} {self.done}/{self.total}", info,
+                                               f"{now - self._since:.1f} s") if part)
+            print(text, file=self.stream, flush=True)
+            self._since = now
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
