@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -127,7 +128,8 @@ def accuracy_run(model_name: str, dataset: str, variant: str, bits: int, seed: i
     cfg = reference_config(model_name, dataset, seed, threads, scheduler=scheduler, **changes)
     ds = data.get(dataset, split="train")
     t0 = time.perf_counter()
-    result = train(cfg, model=build(variant, model_name, ds, bits, seed), quiet=True)
+    print(f"training {path.stem}", file=sys.stderr, flush=True)  # its epochs follow: a bar, or a line each in a log
+    result = train(cfg, model=build(variant, model_name, ds, bits, seed))
     row = {"model": model_name, "dataset": dataset, "variant": variant, "bits": bits, "seed": seed,
            "test_acc": result.metrics["test_acc"], "wall_s": time.perf_counter() - t0}
     if settings is not None:
