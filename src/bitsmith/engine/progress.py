@@ -12,15 +12,24 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
+def _modes(stream: TextIO, quiet: bool) -> tuple[bool, bool]:
+    """(live bar, plain lines) for ``stream``: the bar on a terminal, the lines anywhere else, neither if quiet."""
+    interactive = stream.isatty()
+    return not quiet and interactive, not quiet and not interactive
+
+
+def _line(stream: TextIO, *parts: str, since: float) -> None:
+    """One plain progress line: the non-empty ``parts`` and the seconds since ``since``, two spaces apart."""
+    print("  ".join([*(p for p in parts if p), f"{time.perf_counter() - since:.1f} s"]), file=stream, flush=True)
+
+
 class EpochProgress:
     """One bar per epoch with the running loss on a TTY; otherwise ``epoch 3/15  loss 0.4120  test acc 87.20%
     12.3 s`` as each epoch ends. ``stream``: where it writes (default: stderr at construction)."""
 
     def __init__(self, quiet: bool = False, stream: TextIO | None = None) -> None:
         self.stream = stream if stream is not None else sys.stderr
-        interactive = self.stream.isatty()
-        self.enabled = not quiet and interactive
-        self.lines = not quiet and not interactive
+        self.enabled, self.lines = _modes(self.stream, quiet)
         self._progress: Progress | None = None
         self._task: Any = None
         self._epoch: tuple[str, float] | None = None
@@ -48,9 +57,7 @@ class EpochProgress:
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, info=info)
         if self.lines and self._epoch is not None:
-            description, started = self._epoch
-            text = "  ".join(part for part in (description, info, f"{time.perf_counter() - started:.1f} s") if part)
-            print(text, file=self.stream, flush=True)
+            _line(self.stream, self._epoch[0], info, since=self._epoch[1])
 
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
@@ -64,10 +71,9 @@ class RunsProgress:
     def __init__(self, title: str, total: int, quiet: bool = False, stream: TextIO | None = None) -> None:
         self.title, self.total, self.done = title, total, 0
         self.stream = stream if stream is not None else sys.stderr
-        interactive = self.stream.isatty()
-        self.lines = not quiet and not interactive
+        bar, self.lines = _modes(self.stream, quiet)
         self._progress = Progress(TextColumn(title), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                  console=Console(file=self.stream), disable=quiet or not interactive)
+                                  console=Console(file=self.stream), disable=not bar)
         self._task: Any = None
         self._since = time.perf_counter()
 
@@ -82,11 +88,8 @@ class RunsProgress:
         self.done += 1
         self._progress.advance(self._task)
         if self.lines:
-            now = time.perf_counter()
-            text = "  ".join(part for part in (f"{self.title} {self.done}/{self.total}", info,
-                                               f"{now - self._since:.1f} s") if part)
-            print(text, file=self.stream, flush=True)
-            self._since = now
+            _line(self.stream, f"{self.title} {self.done}/{self.total}", info, since=self._since)
+            self._since = time.perf_counter()
 
     def __exit__(self, *exc: object) -> None:
         self._progress.stop()
