@@ -34,16 +34,22 @@ OUT = ROOT / "benchmarks" / "out" / "ghn"
 SHIPPED_NAME = {"digits": "digits", "fashion-mnist": "fashion-mnist"}
 
 
+def run_folder(dataset: str, encoder: str, rank: int | None = None) -> Path:
+    """The training run of ``dataset``'s benchmark GHN (a decoder rank other than the default names its own)."""
+    return OUT / dataset / (f"train-{encoder}" if rank is None else f"train-{encoder}-rank{rank}")
+
+
 def train(dataset: str, encoder: str, epochs: int, meta_batch: int, threads: int, ship: bool,
-          batch_size: int | None = None) -> Path:
-    """Train (or resume) the benchmark GHN of ``dataset`` (``batch_size``: the recipe's when None); with ``ship``,
-    copy its file into the package."""
-    out = OUT / dataset / f"train-{encoder}"
+          batch_size: int | None = None, rank: int | None = None) -> Path:
+    """Train (or resume) the benchmark GHN of ``dataset`` (``batch_size``: the recipe's when None; ``rank``: the
+    decoder's CP rank, GHNConfig's when None); with ``ship``, copy its file into the package."""
+    out = run_folder(dataset, encoder, rank)
     cfg = ghn_lib.recipe(dataset, epochs=epochs, num_threads=threads, batch_size=batch_size)
     resume = (out / "checkpoint.safetensors").exists()
     t0 = time.perf_counter()
     every = max(1, epochs // 12)  # about twelve evaluations of the val architectures over the training
-    _, metrics = ghn_lib.train_ghn(cfg, {"encoder": encoder},
+    shape = {"encoder": encoder, **({} if rank is None else {"rank": rank})}
+    _, metrics = ghn_lib.train_ghn(cfg, shape,
                                    ghn_lib.GHNTrainConfig(meta_batch=meta_batch, eval_every=every), out, resume=resume)
     wall = time.perf_counter() - t0
     _io.write_json(out / "wall.json", {"wall_s": wall, "resumed": resume, "threads": threads, **metrics})
@@ -62,10 +68,10 @@ def _shown(source: str) -> str:
     return str(path.relative_to(ROOT)) if path.is_absolute() and ROOT in path.parents else str(source)
 
 
-def train_report(dataset: str, encoder: str) -> None:
+def train_report(dataset: str, encoder: str, rank: int | None = None) -> None:
     """Publish the training run of ``dataset``'s GHN: recipe, wall time, and the validation accuracy of its
     predictions over training (8 held-out val architectures, BN recalibrated on training batches)."""
-    out = OUT / dataset / f"train-{encoder}"
+    out = run_folder(dataset, encoder, rank)
     records = [r for r in runs.read_metrics(out) if r.get("type") == "epoch"]
     info = ghn_lib.load_ghn(out).info
     wall = (out / "checkpoint.safetensors").stat().st_mtime - (out / "config.json").stat().st_mtime
@@ -89,12 +95,14 @@ def train_report(dataset: str, encoder: str) -> None:
     batch = info["train"]["batch_size"]
     batch_flag = "" if batch == ghn_lib.recipe(dataset).batch_size else f" --batch-size {batch}"
     every = info["ghn_train"]["eval_every"]
-    lines += ["", f"Command: `.venv/bin/bitsmith ghn train --encoder {encoder} --dataset {dataset} --epochs "
+    rank_flag = "" if rank is None else f" --rank {rank}"
+    lines += ["", f"Command: `.venv/bin/bitsmith ghn train --encoder {encoder}{rank_flag} --dataset {dataset} --epochs "
                   f"{info['train']['epochs']} --meta-batch {info['ghn_train']['meta_batch']}{batch_flag}"
                   f"{'' if every == 10 else f' --eval-every {every}'} --threads {threads} "
-                  f"--out benchmarks/out/ghn/{dataset}/train-{encoder}` (equivalently `python -m benchmarks.ghn "
-                  f"--part train --dataset {dataset}{batch_flag} --epochs {info['train']['epochs']}`); table: "
-                  f"`python -m benchmarks.ghn --part train-report --dataset {dataset}`. {environment()}"]
+                  f"--out {_shown(str(out))}` (equivalently `python -m benchmarks.ghn "
+                  f"--part train --dataset {dataset}{rank_flag}{batch_flag} --epochs {info['train']['epochs']}`); "
+                  f"table: `python -m benchmarks.ghn --part train-report --dataset {dataset}{rank_flag}`. "
+                  f"{environment()}"]
     publish(f"ghn-train-{dataset}", lines)
 
 
@@ -266,6 +274,7 @@ def main() -> None:
     parser.add_argument("--encoder", default="gatedgnn", choices=list(ghn_lib.ENCODERS))
     parser.add_argument("--epochs", type=int, default=120)
     parser.add_argument("--meta-batch", type=int, default=4)
+    parser.add_argument("--rank", type=int, default=None, help="decoder CP rank (default: GHNConfig's)")
     parser.add_argument("--batch-size", type=int, default=None, help="GHN training image batch (default: the "
                                                                      "recipe's, 64 digits / 128 Fashion-MNIST)")
     parser.add_argument("--n", type=int, default=30, help="architectures per evaluation split")
@@ -277,11 +286,12 @@ def main() -> None:
     parser.add_argument("--converge-epochs", type=int, default=None,
                         help="epochs of the converged reference (default: the protocol's; 0 skips that column)")
     args = parser.parse_args()
-    source = args.ghn or str(OUT / args.dataset / f"train-{args.encoder}" / ghn_lib.GHN_FILE)
+    source = args.ghn or str(run_folder(args.dataset, args.encoder, args.rank) / ghn_lib.GHN_FILE)
     if args.part == "train":
-        train(args.dataset, args.encoder, args.epochs, args.meta_batch, args.threads, args.ship, args.batch_size)
+        train(args.dataset, args.encoder, args.epochs, args.meta_batch, args.threads, args.ship, args.batch_size,
+              args.rank)
     elif args.part == "train-report":
-        train_report(args.dataset, args.encoder)
+        train_report(args.dataset, args.encoder, args.rank)
     elif args.part == "baselines":
         baselines(args.dataset, args.splits.split(","), args.n, args.n_ood, args.threads, args.converge_epochs)
     elif args.part == "eval":

@@ -11,7 +11,8 @@ import torch
 from bitsmith import runs
 from bitsmith.methods.ghn import GHNConfig, GraphHyperNetwork, load_ghn, predict, save_ghn
 
-TINY = ("--hidden", "16", "--pool", "2", "--meta-batch", "1", "--eval-archs", "1", "--threads", "1", "--quiet")
+TINY = ("--hidden", "16", "--rank", "8", "--pool", "2", "--meta-batch", "1", "--eval-archs", "1", "--threads", "1",
+        "--quiet")
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def ghn_run(tmp_path_factory):
 
 def test_ghn_train_writes_a_ghn_file_and_resumes(ghn_run, cli, tmp_path):
     ghn = load_ghn(ghn_run)
-    assert ghn.info["epochs_trained"] == 2 and ghn.config.hidden == 16
+    assert ghn.info["epochs_trained"] == 2 and ghn.config.hidden == 16 and ghn.config.rank == 8
     records = [json.loads(line) for line in (ghn_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1, 2]
     assert "val_acc_worst" in records[-1]

@@ -49,6 +49,7 @@ def train_cmd(
     encoder: str = typer.Option("gatedgnn", help="gatedgnn (GHN-2) | graphormer (GHN-3 style)"),
     hidden: int = typer.Option(64, help="node embedding size"),
     layers: int = typer.Option(1, help="message-passing rounds (gatedgnn) or transformer blocks (graphormer)"),
+    rank: int = typer.Option(32, help="CP rank of the decoder's weight blocks"),
     meta_batch: int = typer.Option(8, help="architectures per step"),
     pool: int = typer.Option(0, help="train on the first N architectures of the space (0: a new one every draw)"),
     eval_archs: int = typer.Option(8, help="validation architectures scored during training"),
@@ -96,7 +97,7 @@ def train_cmd(
                        grad_clip=grad_clip, seed=seed, num_threads=threads, batch_size=batch_size)
         # with --init-from the hypernetwork's shape is that GHN's: only options given on the command line are passed
         # on, and train_ghn refuses them if they differ from it
-        shape = {"encoder": encoder, "hidden": hidden, "layers": layers}
+        shape = {"encoder": encoder, "hidden": hidden, "layers": layers, "rank": rank}
         explicit = given_options(*shape)
         ghn_fields = {k: v for k, v in shape.items() if init_from is None or k in explicit}
         train_cfg = GHNTrainConfig(meta_batch=meta_batch, pool=pool, eval_archs=eval_archs, eval_every=eval_every,
