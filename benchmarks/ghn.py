@@ -116,9 +116,18 @@ def _evaluation_setup(dataset: str, splits: list[str], n: int, n_ood: int, conve
     return base, load_split(base, "train"), load_split(base, "test"), cfg
 
 
+def _ghn_flags(dataset: str, source: str, encoder: str, rank: int | None) -> str:
+    """The options that name GHN ``source`` on this benchmark's command line: none for the default training run,
+    ``--encoder``/``--rank`` for another of its runs, else ``--ghn``."""
+    if source != str(run_folder(dataset, encoder, rank) / ghn_lib.GHN_FILE):
+        return f" --ghn {_shown(source)}"
+    return ("" if encoder == "gatedgnn" else f" --encoder {encoder}") + ("" if rank is None else f" --rank {rank}")
+
+
 def evaluate(dataset: str, splits: list[str], n: int, n_ood: int, threads: int, source: str,
-             converge_epochs: int | None = None) -> dict:
-    """The evaluation table of the GHN ``source`` on ``splits`` (rows cached; baselines shared across GHNs)."""
+             converge_epochs: int | None = None, flags: str = "") -> dict:
+    """The evaluation table of the GHN ``source`` on ``splits`` (rows cached; baselines shared across GHNs);
+    ``flags``: the options that name ``source`` in the published command."""
     torch.set_num_threads(threads)
     ghn = ghn_lib.load_ghn(source)
     base, train_ds, test_ds, cfg = _evaluation_setup(dataset, splits, n, n_ood, converge_epochs)
@@ -161,8 +170,7 @@ def evaluate(dataset: str, splits: list[str], n: int, n_ood: int, threads: int, 
     lines += ["", f"Command: `.venv-bench/bin/python -m benchmarks.ghn --part eval --dataset {dataset} --n {n} "
                   f"--n-ood {n_ood} --splits {','.join(splits)}"
                   + ("" if converge_epochs is None else f" --converge-epochs {converge_epochs}")
-                  + ("" if source == str(OUT / dataset / "train-gatedgnn" / ghn_lib.GHN_FILE) else f" --ghn {source}")
-                  + f"`. {environment()}"]
+                  + f"{flags}`. {environment()}"]
     publish(f"ghn-eval-{dataset}" if label == "train-gatedgnn" else f"ghn-eval-{dataset}-{label}", lines)
     return result
 
@@ -233,9 +241,9 @@ def encoders(dataset: str, threads: int) -> None:
     publish(f"ghn-encoders-{dataset}", lines)
 
 
-def speed(dataset: str, threads: int, source: str, ghn_arg: str | None, count: int = 100) -> None:
+def speed(dataset: str, threads: int, source: str, flags: str = "", count: int = 100) -> None:
     """Prediction time per architecture (one at a time, and batched) for ``count`` test architectures of
-    ``source`` (``ghn_arg``: the --ghn the command was given, if any)."""
+    ``source`` (``flags``: the options that name it in the published command)."""
     torch.set_num_threads(threads)
     ghn = ghn_lib.load_ghn(source)
     cfg = ghn.config
@@ -260,7 +268,7 @@ def speed(dataset: str, threads: int, source: str, ghn_arg: str | None, count: i
         f"| graph tracing + encoding (once per architecture) | {encode_ms:.1f} | – |",
         "",
         f"Command: `.venv-bench/bin/python -m benchmarks.ghn --part speed --dataset {dataset} --threads {threads}"
-        f"{'' if ghn_arg is None else ' --ghn ' + ghn_arg}`. "
+        f"{flags}`. "
         f"{environment()}",
     ]
     publish(f"ghn-speed-{dataset}", lines)
@@ -295,11 +303,12 @@ def main() -> None:
     elif args.part == "baselines":
         baselines(args.dataset, args.splits.split(","), args.n, args.n_ood, args.threads, args.converge_epochs)
     elif args.part == "eval":
-        evaluate(args.dataset, args.splits.split(","), args.n, args.n_ood, args.threads, source, args.converge_epochs)
+        evaluate(args.dataset, args.splits.split(","), args.n, args.n_ood, args.threads, source, args.converge_epochs,
+                 _ghn_flags(args.dataset, source, args.encoder, args.rank))
     elif args.part == "encoders":
         encoders(args.dataset, args.threads)
     else:
-        speed(args.dataset, args.threads, source, args.ghn)
+        speed(args.dataset, args.threads, source, _ghn_flags(args.dataset, source, args.encoder, args.rank))
 
 
 if __name__ == "__main__":
