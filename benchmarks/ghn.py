@@ -76,11 +76,12 @@ def train_report(dataset: str, encoder: str, rank: int | None = None) -> None:
     info = ghn_lib.load_ghn(out).info
     wall = (out / "checkpoint.safetensors").stat().st_mtime - (out / "config.json").stat().st_mtime
     threads = info["train"]["num_threads"]
+    ranked = "" if rank is None else f", decoder CP rank {rank}"
     lines = [
-        f"## GHN: training the hypernetwork ({dataset})",
+        f"## GHN: training the hypernetwork ({dataset}{ranked})",
         "",
-        f"GHN ({encoder}) trained on {dataset}: {info['steps']} steps of {info['ghn_train']['meta_batch']} fresh "
-        f"architectures x {info['train']['batch_size']} images, AdamW lr {info['train']['lr']:g}, cosine, "
+        f"GHN ({encoder}{ranked}) trained on {dataset}: {info['steps']} steps of {info['ghn_train']['meta_batch']} "
+        f"fresh architectures x {info['train']['batch_size']} images, AdamW lr {info['train']['lr']:g}, cosine, "
         f"{info['train']['epochs']} epochs; wall time {wall / 60:.1f} min on {threads} thread(s) of the 2-core CPU "
         f"(the other core ran another job). File: {(out / ghn_lib.GHN_FILE).stat().st_size / 2**20:.2f} MiB.",
         "",
@@ -100,10 +101,11 @@ def train_report(dataset: str, encoder: str, rank: int | None = None) -> None:
                   f"{info['train']['epochs']} --meta-batch {info['ghn_train']['meta_batch']}{batch_flag}"
                   f"{'' if every == 10 else f' --eval-every {every}'} --threads {threads} "
                   f"--out {_shown(str(out))}` (equivalently `python -m benchmarks.ghn "
-                  f"--part train --dataset {dataset}{rank_flag}{batch_flag} --epochs {info['train']['epochs']}`); "
+                  f"--part train --dataset {dataset}{rank_flag}{batch_flag} --epochs {info['train']['epochs']} "
+                  f"--threads {threads}`); "
                   f"table: `python -m benchmarks.ghn --part train-report --dataset {dataset}{rank_flag}`. "
                   f"{environment()}"]
-    publish(f"ghn-train-{dataset}", lines)
+    publish(f"ghn-train-{dataset}" if rank is None else f"ghn-train-{dataset}-rank{rank}", lines)
 
 
 def _evaluation_setup(dataset: str, splits: list[str], n: int, n_ood: int, converge_epochs: int | None) -> tuple:
