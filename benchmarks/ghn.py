@@ -96,16 +96,18 @@ def train_report(dataset: str, encoder: str, rank: int | None = None) -> None:
     batch = info["train"]["batch_size"]
     batch_flag = "" if batch == ghn_lib.recipe(dataset).batch_size else f" --batch-size {batch}"
     every = info["ghn_train"]["eval_every"]
-    rank_flag = "" if rank is None else f" --rank {rank}"
-    lines += ["", f"Command: `.venv/bin/bitsmith ghn train --encoder {encoder}{rank_flag} --dataset {dataset} --epochs "
+    flags = _ghn_flags(dataset, str(out / ghn_lib.GHN_FILE), encoder, rank)
+    cli_rank = "" if rank is None else f" --rank {rank}"
+    lines += ["", f"Command: `.venv/bin/bitsmith ghn train --encoder {encoder}{cli_rank} --dataset {dataset} --epochs "
                   f"{info['train']['epochs']} --meta-batch {info['ghn_train']['meta_batch']}{batch_flag}"
                   f"{'' if every == 10 else f' --eval-every {every}'} --threads {threads} "
                   f"--out {_shown(str(out))}` (equivalently `python -m benchmarks.ghn "
-                  f"--part train --dataset {dataset}{rank_flag}{batch_flag} --epochs {info['train']['epochs']} "
+                  f"--part train --dataset {dataset}{flags}{batch_flag} --epochs {info['train']['epochs']} "
                   f"--threads {threads}`); "
-                  f"table: `python -m benchmarks.ghn --part train-report --dataset {dataset}{rank_flag}`. "
+                  f"table: `python -m benchmarks.ghn --part train-report --dataset {dataset}{flags}`. "
                   f"{environment()}"]
-    publish(f"ghn-train-{dataset}" if rank is None else f"ghn-train-{dataset}-rank{rank}", lines)
+    publish(f"ghn-train-{dataset}" + ("" if encoder == "gatedgnn" else f"-{encoder}")
+            + ("" if rank is None else f"-rank{rank}"), lines)
 
 
 def _evaluation_setup(dataset: str, splits: list[str], n: int, n_ood: int, converge_epochs: int | None) -> tuple:
