@@ -25,7 +25,7 @@ import torch
 
 from benchmarks._common import ROOT, SETTINGS, environment, publish
 from bitsmith import _io, runs
-from bitsmith.engine import TrainConfig, load_split
+from bitsmith.engine import TrainConfig, distributed, load_split
 from bitsmith.methods import ghn as ghn_lib
 from bitsmith.methods.ghn.encoding import encode
 from bitsmith.zoo import space
@@ -52,6 +52,8 @@ def train(dataset: str, encoder: str, epochs: int, meta_batch: int, threads: int
     _, metrics = ghn_lib.train_ghn(cfg, shape,
                                    ghn_lib.GHNTrainConfig(meta_batch=meta_batch, eval_every=every), out, resume=resume)
     wall = time.perf_counter() - t0
+    if not distributed.is_main():  # under torchrun rank 0 reports and ships
+        return out
     _io.write_json(out / "wall.json", {"wall_s": wall, "resumed": resume, "threads": threads, **metrics})
     print(f"{dataset}: {wall / 60:.1f} min, val acc of predictions {metrics.get('val_acc')}")
     if ship:
@@ -75,15 +77,18 @@ def train_report(dataset: str, encoder: str, rank: int | None = None) -> None:
     records = [r for r in runs.read_metrics(out) if r.get("type") == "epoch"]
     info = ghn_lib.load_ghn(out).info
     wall = (out / "checkpoint.safetensors").stat().st_mtime - (out / "config.json").stat().st_mtime
-    threads = info["train"]["num_threads"]
+    threads, ranks = info["train"]["num_threads"], info.get("ranks", 1)
     ranked = "" if rank is None else f", decoder CP rank {rank}"
     lines = [
         f"## GHN: training the hypernetwork ({dataset}{ranked})",
         "",
-        f"GHN ({encoder}{ranked}) trained on {dataset}: {info['steps']} steps of {info['ghn_train']['meta_batch']} "
-        f"fresh architectures x {info['train']['batch_size']} images, AdamW lr {info['train']['lr']:g}, cosine, "
-        f"{info['train']['epochs']} epochs; wall time {wall / 60:.1f} min on {threads} thread(s) of the 2-core CPU "
-        f"(the other core ran another job). File: {(out / ghn_lib.GHN_FILE).stat().st_size / 2**20:.2f} MiB.",
+        f"GHN ({encoder}{ranked}) trained on {dataset}: {info['steps']} steps of "
+        f"{'' if ranks == 1 else f'{ranks} ranks x '}{info['ghn_train']['meta_batch']} fresh architectures x "
+        f"{info['train']['batch_size'] // ranks} images, AdamW lr {info['train']['lr']:g}, cosine, "
+        f"{info['train']['epochs']} epochs; wall time {wall / 60:.1f} min on "
+        + (f"{threads} thread(s) of the 2-core CPU (the other core ran another job). " if ranks == 1 else
+           f"{ranks} processes x {threads} thread(s) of the 2-core CPU. ")
+        + f"File: {(out / ghn_lib.GHN_FILE).stat().st_size / 2**20:.2f} MiB.",
         "",
         "| epoch | step | train loss | train acc (training archs, batch stats) | val acc of predictions, mean (%) | "
         "worst of 8 (%) |",
@@ -98,10 +103,12 @@ def train_report(dataset: str, encoder: str, rank: int | None = None) -> None:
     every = info["ghn_train"]["eval_every"]
     flags = _ghn_flags(dataset, str(out / ghn_lib.GHN_FILE), encoder, rank)
     cli_rank = "" if rank is None else f" --rank {rank}"
-    lines += ["", f"Command: `.venv/bin/bitsmith ghn train --encoder {encoder}{cli_rank} --dataset {dataset} --epochs "
+    launch = ("python -m" if ranks == 1 else f"torchrun --standalone --nproc_per_node={ranks} -m")
+    cli = ".venv/bin/bitsmith" if ranks == 1 else f".venv/bin/{launch} bitsmith.cli.main"
+    lines += ["", f"Command: `{cli} ghn train --encoder {encoder}{cli_rank} --dataset {dataset} --epochs "
                   f"{info['train']['epochs']} --meta-batch {info['ghn_train']['meta_batch']}{batch_flag}"
                   f"{'' if every == 10 else f' --eval-every {every}'} --threads {threads} "
-                  f"--out {_shown(str(out))}` (equivalently `python -m benchmarks.ghn "
+                  f"--out {_shown(str(out))}` (equivalently `{launch} benchmarks.ghn "
                   f"--part train --dataset {dataset}{flags}{batch_flag} --epochs {info['train']['epochs']} "
                   f"--threads {threads}`); "
                   f"table: `python -m benchmarks.ghn --part train-report --dataset {dataset}{flags}`. "

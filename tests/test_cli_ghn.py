@@ -26,7 +26,8 @@ def ghn_run(tmp_path_factory):
 
 def test_ghn_train_writes_a_ghn_file_and_resumes(ghn_run, cli, tmp_path):
     ghn = load_ghn(ghn_run)
-    assert ghn.info["epochs_trained"] == 2 and ghn.config.hidden == 16 and ghn.config.rank == 8
+    assert ghn.info["epochs_trained"] == 2 and ghn.info["ranks"] == 1
+    assert ghn.config.hidden == 16 and ghn.config.rank == 8
     records = [json.loads(line) for line in (ghn_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1, 2]
     assert "val_acc_worst" in records[-1]
@@ -101,4 +102,5 @@ def test_ghn_train_under_torchrun(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("GHN (") == 1  # only rank 0 reports
-    assert load_ghn(run).info["epochs_trained"] == 1
+    info = load_ghn(run).info
+    assert info["epochs_trained"] == 1 and info["ranks"] == 2

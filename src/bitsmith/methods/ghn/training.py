@@ -126,7 +126,7 @@ class GHNCallback(Callback):
     parameters, recalibrates their BN statistics on training batches, logs the mean and worst accuracy on each
     evaluation split (``val_acc``, ``val_acc_worst``; GHN-Q training adds each trained width, e.g.
     ``val_acc_w4a4``, quantized and calibrated as :func:`predict_quantized` does) and writes ``ghn.safetensors``
-    (with ``info``) into the run."""
+    (with ``info``, the epochs and steps so far and the number of ranks) into the run."""
 
     def __init__(self, task: GHNTask, train_cfg: GHNTrainConfig, info: dict[str, Any],
                  eval_data: dict[str, Any]) -> None:
@@ -160,7 +160,7 @@ class GHNCallback(Callback):
                 metrics[f"{split}_acc{suffix}"] = sum(scores) / len(scores)
                 metrics[f"{split}_acc{suffix}_worst"] = min(scores)
         if trainer.out_dir is not None and dist.is_main():
-            info = {**self.info, "epochs_trained": epoch + 1, "steps": trainer.global_step}
+            info = {**self.info, "epochs_trained": epoch + 1, "steps": trainer.global_step, "ranks": dist.world_size()}
             save_ghn(Path(trainer.out_dir) / GHN_FILE, self.task.ghn, info)
 
 
