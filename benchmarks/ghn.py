@@ -101,7 +101,7 @@ def train_report(dataset: str, encoder: str, rank: int | None = None) -> None:
     batch = info["train"]["batch_size"]
     batch_flag = "" if batch == ghn_lib.recipe(dataset).batch_size else f" --batch-size {batch}"
     every = info["ghn_train"]["eval_every"]
-    flags = _ghn_flags(dataset, str(out / ghn_lib.GHN_FILE), encoder, rank)
+    flags = _run_flags(encoder, rank)
     cli_rank = "" if rank is None else f" --rank {rank}"
     launch = ("python -m" if ranks == 1 else f"torchrun --standalone --nproc_per_node={ranks} -m")
     cli = ".venv/bin/bitsmith" if ranks == 1 else f".venv/bin/{launch} bitsmith.cli.main"
@@ -127,12 +127,16 @@ def _evaluation_setup(dataset: str, splits: list[str], n: int, n_ood: int, conve
     return base, load_split(base, "train"), load_split(base, "test"), cfg
 
 
+def _run_flags(encoder: str, rank: int | None) -> str:
+    """The options that pick this benchmark's training run of ``encoder`` and ``rank`` (none for the default)."""
+    return ("" if encoder == "gatedgnn" else f" --encoder {encoder}") + ("" if rank is None else f" --rank {rank}")
+
+
 def _ghn_flags(dataset: str, source: str, encoder: str, rank: int | None) -> str:
-    """The options that name GHN ``source`` on this benchmark's command line: none for the default training run,
-    ``--encoder``/``--rank`` for another of its runs, else ``--ghn``."""
+    """The options that name GHN ``source`` on this benchmark's command line: its training run's, or ``--ghn``."""
     if source != str(run_folder(dataset, encoder, rank) / ghn_lib.GHN_FILE):
         return f" --ghn {_shown(source)}"
-    return ("" if encoder == "gatedgnn" else f" --encoder {encoder}") + ("" if rank is None else f" --rank {rank}")
+    return _run_flags(encoder, rank)
 
 
 def evaluate(dataset: str, splits: list[str], n: int, n_ood: int, threads: int, source: str,
@@ -306,6 +310,7 @@ def main() -> None:
                         help="epochs of the converged reference (default: the protocol's; 0 skips that column)")
     args = parser.parse_args()
     source = args.ghn or str(run_folder(args.dataset, args.encoder, args.rank) / ghn_lib.GHN_FILE)
+    flags = _ghn_flags(args.dataset, source, args.encoder, args.rank)
     if args.part == "train":
         train(args.dataset, args.encoder, args.epochs, args.meta_batch, args.threads, args.ship, args.batch_size,
               args.rank)
@@ -315,11 +320,11 @@ def main() -> None:
         baselines(args.dataset, args.splits.split(","), args.n, args.n_ood, args.threads, args.converge_epochs)
     elif args.part == "eval":
         evaluate(args.dataset, args.splits.split(","), args.n, args.n_ood, args.threads, source, args.converge_epochs,
-                 _ghn_flags(args.dataset, source, args.encoder, args.rank))
+                 flags)
     elif args.part == "encoders":
         encoders(args.dataset, args.threads)
     else:
-        speed(args.dataset, args.threads, source, _ghn_flags(args.dataset, source, args.encoder, args.rank))
+        speed(args.dataset, args.threads, source, flags)
 
 
 if __name__ == "__main__":
