@@ -19,6 +19,7 @@ import argparse
 import shutil
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,21 +35,39 @@ OUT = ROOT / "benchmarks" / "out" / "ghn"
 SHIPPED_NAME = {"digits": "digits", "fashion-mnist": "fashion-mnist"}
 
 
-def run_folder(dataset: str, encoder: str, rank: int | None = None) -> Path:
-    """The training run of ``dataset``'s benchmark GHN (a decoder rank other than the default names its own)."""
-    return OUT / dataset / (f"train-{encoder}" if rank is None else f"train-{encoder}-rank{rank}")
+@dataclass(frozen=True)
+class TrainingRun:
+    """One of this benchmark's GHN training runs: its encoder, decoder CP rank (None: GHNConfig's) and, for a run
+    whose recipe differs from the default one, a name that gives it a folder of its own."""
+
+    encoder: str = "gatedgnn"
+    rank: int | None = None
+    name: str | None = None
+
+    def folder(self, dataset: str) -> Path:
+        """The run's folder under benchmarks/out/ghn/DATASET."""
+        if self.name:
+            return OUT / dataset / f"train-{self.name}"
+        ranked = "" if self.rank is None else f"-rank{self.rank}"
+        return OUT / dataset / f"train-{self.encoder}{ranked}"
+
+    def flags(self) -> str:
+        """The options that pick this run on the benchmark's command line (none for the default one)."""
+        return ("" if self.encoder == "gatedgnn" else f" --encoder {self.encoder}") + (
+            "" if self.rank is None else f" --rank {self.rank}") + ("" if self.name is None else f" --name {self.name}")
 
 
-def train(dataset: str, encoder: str, epochs: int, meta_batch: int, threads: int, ship: bool,
-          batch_size: int | None = None, rank: int | None = None) -> Path:
-    """Train (or resume) the benchmark GHN of ``dataset`` (``batch_size``: the recipe's when None; ``rank``: the
-    decoder's CP rank, GHNConfig's when None); with ``ship``, copy its file into the package."""
-    out = run_folder(dataset, encoder, rank)
-    cfg = ghn_lib.recipe(dataset, epochs=epochs, num_threads=threads, batch_size=batch_size)
+def train(dataset: str, run: TrainingRun, epochs: int, meta_batch: int, threads: int, ship: bool,
+          batch_size: int | None = None, grad_clip: float | None = None, precision: str = "fp32") -> Path:
+    """Train (or resume) the benchmark GHN ``run`` of ``dataset`` (``batch_size``, ``grad_clip``: the recipe's when
+    None); with ``ship``, copy its file into the package."""
+    out = run.folder(dataset)
+    cfg = ghn_lib.recipe(dataset, epochs=epochs, num_threads=threads, batch_size=batch_size, grad_clip=grad_clip,
+                         precision=precision)
     resume = (out / "checkpoint.safetensors").exists()
     t0 = time.perf_counter()
     every = max(1, epochs // 12)  # about twelve evaluations of the val architectures over the training
-    shape = {"encoder": encoder, **({} if rank is None else {"rank": rank})}
+    shape = {"encoder": run.encoder, **({} if run.rank is None else {"rank": run.rank})}
     _, metrics = ghn_lib.train_ghn(cfg, shape,
                                    ghn_lib.GHNTrainConfig(meta_batch=meta_batch, eval_every=every), out, resume=resume)
     wall = time.perf_counter() - t0
@@ -70,22 +89,26 @@ def _shown(source: str) -> str:
     return str(path.relative_to(ROOT)) if path.is_absolute() and ROOT in path.parents else str(source)
 
 
-def train_report(dataset: str, encoder: str, rank: int | None = None) -> None:
-    """Publish the training run of ``dataset``'s GHN: recipe, wall time, and the validation accuracy of its
+def train_report(dataset: str, run: TrainingRun) -> None:
+    """Publish the training ``run`` of ``dataset``'s GHN: recipe, wall time, and the validation accuracy of its
     predictions over training (8 held-out val architectures, BN recalibrated on training batches)."""
-    out = run_folder(dataset, encoder, rank)
+    out = run.folder(dataset)
     records = [r for r in runs.read_metrics(out) if r.get("type") == "epoch"]
     info = ghn_lib.load_ghn(out).info
     wall = (out / "checkpoint.safetensors").stat().st_mtime - (out / "config.json").stat().st_mtime
-    threads, ranks = info["train"]["num_threads"], info.get("ranks", 1)
-    ranked = "" if rank is None else f", decoder CP rank {rank}"
+    train, default = info["train"], ghn_lib.recipe(dataset)
+    threads, ranks = train["num_threads"], info.get("ranks", 1)
+    clip, precision = train.get("grad_clip"), train.get("precision", "fp32")
+    ranked = "" if run.rank is None else f", decoder CP rank {run.rank}"
     lines = [
-        f"## GHN: training the hypernetwork ({dataset}{ranked})",
+        f"## GHN: training the hypernetwork ({dataset}{ranked}{'' if run.name is None else f', run {run.name}'})",
         "",
-        f"GHN ({encoder}{ranked}) trained on {dataset}: {info['steps']} steps of "
+        f"GHN ({run.encoder}{ranked}) trained on {dataset}: {info['steps']} steps of "
         f"{'' if ranks == 1 else f'{ranks} ranks x '}{info['ghn_train']['meta_batch']} fresh architectures x "
-        f"{info['train']['batch_size'] // ranks} images, AdamW lr {info['train']['lr']:g}, cosine, "
-        f"{info['train']['epochs']} epochs; wall time {wall / 60:.1f} min on "
+        f"{train['batch_size'] // ranks} images, AdamW lr {train['lr']:g}, cosine, "
+        f"{'no gradient clip' if clip is None else f'gradient norm clipped at {clip:g}'}"
+        f"{', targets under bf16 autocast' if precision == 'bf16' else ''}, "
+        f"{train['epochs']} epochs; wall time {wall / 60:.1f} min on "
         + (f"{threads} thread(s) of the 2-core CPU (the other core ran another job). " if ranks == 1 else
            f"{ranks} processes x {threads} thread(s) of the 2-core CPU. ")
         + f"File: {(out / ghn_lib.GHN_FILE).stat().st_size / 2**20:.2f} MiB.",
@@ -98,23 +121,23 @@ def train_report(dataset: str, encoder: str, rank: int | None = None) -> None:
         if "val_acc" in r:
             lines.append(f"| {r['epoch']} | {r['step']} | {r['train_loss']:.3f} | {100 * r['train_acc']:.1f} | "
                          f"{100 * r['val_acc']:.1f} | {100 * r['val_acc_worst']:.1f} |")
-    batch = info["train"]["batch_size"]
-    batch_flag = "" if batch == ghn_lib.recipe(dataset).batch_size else f" --batch-size {batch}"
+    recipe_flags = ("" if train["batch_size"] == default.batch_size else f" --batch-size {train['batch_size']}") + (
+        "" if clip == default.grad_clip else f" --grad-clip {_clip_flag(clip)}") + (
+        "" if precision == "fp32" else f" --precision {precision}")
     every = info["ghn_train"]["eval_every"]
-    flags = _run_flags(encoder, rank)
-    cli_rank = "" if rank is None else f" --rank {rank}"
+    cli_rank = "" if run.rank is None else f" --rank {run.rank}"
     launch = ("python -m" if ranks == 1 else f"torchrun --standalone --nproc_per_node={ranks} -m")
     cli = ".venv/bin/bitsmith" if ranks == 1 else f".venv/bin/{launch} bitsmith.cli.main"
-    lines += ["", f"Command: `{cli} ghn train --encoder {encoder}{cli_rank} --dataset {dataset} --epochs "
-                  f"{info['train']['epochs']} --meta-batch {info['ghn_train']['meta_batch']}{batch_flag}"
+    lines += ["", f"Command: `{cli} ghn train --encoder {run.encoder}{cli_rank} --dataset {dataset} --epochs "
+                  f"{train['epochs']} --meta-batch {info['ghn_train']['meta_batch']}{recipe_flags}"
                   f"{'' if every == 10 else f' --eval-every {every}'} --threads {threads} "
                   f"--out {_shown(str(out))}` (equivalently `{launch} benchmarks.ghn "
-                  f"--part train --dataset {dataset}{flags}{batch_flag} --epochs {info['train']['epochs']} "
+                  f"--part train --dataset {dataset}{run.flags()}{recipe_flags} --epochs {train['epochs']} "
                   f"--threads {threads}`); "
-                  f"table: `python -m benchmarks.ghn --part train-report --dataset {dataset}{flags}`. "
+                  f"table: `python -m benchmarks.ghn --part train-report --dataset {dataset}{run.flags()}`. "
                   f"{environment()}"]
-    publish(f"ghn-train-{dataset}" + ("" if encoder == "gatedgnn" else f"-{encoder}")
-            + ("" if rank is None else f"-rank{rank}"), lines)
+    publish(f"ghn-train-{dataset}" + ("" if run.encoder == "gatedgnn" else f"-{run.encoder}")
+            + ("" if run.rank is None else f"-rank{run.rank}") + ("" if run.name is None else f"-{run.name}"), lines)
 
 
 def _evaluation_setup(dataset: str, splits: list[str], n: int, n_ood: int, converge_epochs: int | None) -> tuple:
@@ -127,16 +150,16 @@ def _evaluation_setup(dataset: str, splits: list[str], n: int, n_ood: int, conve
     return base, load_split(base, "train"), load_split(base, "test"), cfg
 
 
-def _run_flags(encoder: str, rank: int | None) -> str:
-    """The options that pick this benchmark's training run of ``encoder`` and ``rank`` (none for the default)."""
-    return ("" if encoder == "gatedgnn" else f" --encoder {encoder}") + ("" if rank is None else f" --rank {rank}")
+def _clip_flag(clip: float | None) -> str:
+    """A gradient clip as ``--grad-clip`` takes it (0: none)."""
+    return "0" if clip is None else f"{clip:g}"
 
 
-def _ghn_flags(dataset: str, source: str, encoder: str, rank: int | None) -> str:
+def _ghn_flags(dataset: str, source: str, run: TrainingRun) -> str:
     """The options that name GHN ``source`` on this benchmark's command line: its training run's, or ``--ghn``."""
-    if source != str(run_folder(dataset, encoder, rank) / ghn_lib.GHN_FILE):
+    if source != str(run.folder(dataset) / ghn_lib.GHN_FILE):
         return f" --ghn {_shown(source)}"
-    return _run_flags(encoder, rank)
+    return run.flags()
 
 
 def evaluate(dataset: str, splits: list[str], n: int, n_ood: int, threads: int, source: str,
@@ -226,7 +249,7 @@ def encoders(dataset: str, threads: int) -> None:
     """GatedGNN vs Graphormer trained with the same recipe: validation accuracy of their predictions over training
     and prediction time, measured side by side in this process."""
     torch.set_num_threads(threads)
-    runs_by_encoder = {e: OUT / dataset / f"train-{e}" for e in ghn_lib.ENCODERS}
+    runs_by_encoder = {e: TrainingRun(e).folder(dataset) for e in ghn_lib.ENCODERS}
     curves, timing = {}, {}
     for encoder, out in runs_by_encoder.items():
         curves[encoder] = {r["epoch"]: r for r in runs.read_metrics(out) if "val_acc" in r}
@@ -298,6 +321,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=120)
     parser.add_argument("--meta-batch", type=int, default=4)
     parser.add_argument("--rank", type=int, default=None, help="decoder CP rank (default: GHNConfig's)")
+    parser.add_argument("--name", default=None, help="a training run whose recipe differs: its folder train-NAME")
+    parser.add_argument("--grad-clip", type=float, default=None, help="gradient norm clip (default: the recipe's; "
+                                                                      "0: none)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="targets under bf16 autocast")
     parser.add_argument("--batch-size", type=int, default=None, help="GHN training image batch (default: the "
                                                                      "recipe's, 64 digits / 128 Fashion-MNIST)")
     parser.add_argument("--n", type=int, default=30, help="architectures per evaluation split")
@@ -309,13 +336,14 @@ def main() -> None:
     parser.add_argument("--converge-epochs", type=int, default=None,
                         help="epochs of the converged reference (default: the protocol's; 0 skips that column)")
     args = parser.parse_args()
-    source = args.ghn or str(run_folder(args.dataset, args.encoder, args.rank) / ghn_lib.GHN_FILE)
-    flags = _ghn_flags(args.dataset, source, args.encoder, args.rank)
+    run = TrainingRun(args.encoder, args.rank, args.name)
+    source = args.ghn or str(run.folder(args.dataset) / ghn_lib.GHN_FILE)
+    flags = _ghn_flags(args.dataset, source, run)
     if args.part == "train":
-        train(args.dataset, args.encoder, args.epochs, args.meta_batch, args.threads, args.ship, args.batch_size,
-              args.rank)
+        train(args.dataset, run, args.epochs, args.meta_batch, args.threads, args.ship, args.batch_size,
+              args.grad_clip, args.precision)
     elif args.part == "train-report":
-        train_report(args.dataset, args.encoder, args.rank)
+        train_report(args.dataset, run)
     elif args.part == "baselines":
         baselines(args.dataset, args.splits.split(","), args.n, args.n_ood, args.threads, args.converge_epochs)
     elif args.part == "eval":

@@ -37,6 +37,19 @@ def test_ghn_train_writes_a_ghn_file_and_resumes(ghn_run, cli, tmp_path):
     assert code == 2 and "holds no interrupted GHN training" in err
 
 
+def test_ghn_train_precision_and_clip_options(cli, tmp_path):
+    code, _, _ = cli("ghn", "train", "--epochs", "1", *TINY, "--precision", "bf16", "--grad-clip", "0",
+                     "--out", str(tmp_path / "bf16"))
+    assert code == 0
+    train = json.loads((tmp_path / "bf16" / "config.json").read_text())["train"]
+    assert train["precision"] == "bf16" and train["grad_clip"] is None
+    assert all(torch.isfinite(p).all() for p in load_ghn(tmp_path / "bf16").parameters())
+    code, _, err = cli("ghn", "train", "--epochs", "1", *TINY, "--precision", "fp16", "--out", str(tmp_path / "x"))
+    assert code == 2 and "unknown precision 'fp16'" in err and "Traceback" not in err
+    code, _, err = cli("ghn", "train", "--epochs", "1", *TINY, "--grad-clip", "-1", "--out", str(tmp_path / "x"))
+    assert code == 2 and "grad clip must be > 0" in err and "Traceback" not in err
+
+
 def test_predict_writes_a_run_that_cost_and_quantize_read(ghn_run, cli, tmp_path):
     out = tmp_path / "pred"
     code, stdout, stderr = cli("predict", "--ghn", str(ghn_run), "--model", "resnet20", "--out", str(out))

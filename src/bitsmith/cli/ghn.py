@@ -19,6 +19,7 @@ from bitsmith.cli._common import (
     given_options,
     parse_ints,
     percent,
+    precision_option,
 )
 from bitsmith.errors import BitsmithError
 
@@ -65,7 +66,8 @@ def train_cmd(
     epochs: int = typer.Option(120, help="epochs over the training images"),
     lr: float = typer.Option(1e-3, help="AdamW learning rate (cosine schedule)"),
     batch_size: int | None = typer.Option(None, help="image batch size (default: 64 digits, 128 fashion-mnist)"),
-    grad_clip: float = typer.Option(5.0, help="gradient norm clip"),
+    grad_clip: float = typer.Option(5.0, help="gradient norm clip (0: none)"),
+    precision: str = precision_option("fp32"),
     seed: int = typer.Option(0, help="random seed"),
     threads: int | None = THREADS_OPTION,
     out: Path = typer.Option(..., help="run folder to write (ghn.safetensors, metrics, config)"),
@@ -94,7 +96,8 @@ def train_cmd(
         if out.exists() and is_run_dir(out):
             raise BitsmithError(f"{out} already holds a run; add --resume or choose another --out")
         train = recipe(dataset, data_root=str(data_root) if data_root else None, epochs=epochs, lr=lr,
-                       grad_clip=grad_clip, seed=seed, num_threads=threads, batch_size=batch_size)
+                       grad_clip=grad_clip, precision=precision, seed=seed, num_threads=threads,
+                       batch_size=batch_size)
         # with --init-from the hypernetwork's shape is that GHN's: only options given on the command line are passed
         # on, and train_ghn refuses them if they differ from it
         shape = {"encoder": encoder, "hidden": hidden, "layers": layers, "rank": rank}

@@ -196,13 +196,17 @@ def data_config(train_ds: Any) -> dict[str, Any]:
 
 def recipe(dataset: str, **changes: Any) -> TrainConfig:
     """The GHN training recipe (AdamW lr 1e-3, weight decay 1e-5, cosine, gradient clip 5, 120 epochs, up to 5
-    non-finite roll-backs; the protocol's batch: 64 on digits, 128 on Fashion-MNIST), with ``changes`` on top."""
+    non-finite roll-backs; the protocol's batch: 64 on digits, 128 on Fashion-MNIST), with ``changes`` on top (None
+    keeps the recipe's value; ``grad_clip=0`` turns the clip off)."""
     fields: dict[str, Any] = {
         "model": "cellnet", "dataset": dataset, "val": True, "epochs": 120, "lr": 1e-3, "optimizer": "adamw",
         "weight_decay": 1e-5, "scheduler": "cosine", "grad_clip": 5.0, "on_nonfinite": "restore",
         "max_nonfinite": 5, "batch_size": 128 if dataset == "fashion-mnist" else 64,
     }
-    return TrainConfig(**{**fields, **{k: v for k, v in changes.items() if v is not None}})
+    fields.update({k: v for k, v in changes.items() if v is not None})
+    if fields["grad_clip"] == 0:
+        fields["grad_clip"] = None
+    return TrainConfig(**fields)
 
 
 def train_ghn(train: TrainConfig, ghn: dict[str, Any] | None = None, train_cfg: GHNTrainConfig | None = None,
