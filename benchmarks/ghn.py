@@ -27,6 +27,7 @@ import torch
 from benchmarks._common import ROOT, SETTINGS, environment, publish
 from bitsmith import _io, runs
 from bitsmith.engine import TrainConfig, distributed, load_split
+from bitsmith.engine.config import PRECISIONS
 from bitsmith.methods import ghn as ghn_lib
 from bitsmith.methods.ghn.encoding import encode
 from bitsmith.zoo import space
@@ -324,7 +325,7 @@ def main() -> None:
     parser.add_argument("--name", default=None, help="a training run whose recipe differs: its folder train-NAME")
     parser.add_argument("--grad-clip", type=float, default=None, help="gradient norm clip (default: the recipe's; "
                                                                       "0: none)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="targets under bf16 autocast")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="bf16: targets under bf16 autocast")
     parser.add_argument("--batch-size", type=int, default=None, help="GHN training image batch (default: the "
                                                                      "recipe's, 64 digits / 128 Fashion-MNIST)")
     parser.add_argument("--n", type=int, default=30, help="architectures per evaluation split")
