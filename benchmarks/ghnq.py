@@ -102,7 +102,7 @@ def evaluate(dataset: str, n: int, n_ood: int, qat_n: int, qat_steps: int, worke
             raise SystemExit(f"{path} is missing: run `python -m benchmarks.ghnq --part train --variant ...` first")
         ghns[name] = ghn_lib.load_ghn(path)
     settings = {"dataset": dataset, "widths": list(WIDTHS), "sgd_steps": 100, "calib_batches": 8, "bn_batches": 10,
-                "first_last_bits": 8, "sources": {k: str(w(dataset)) for k, (_, w) in SOURCES.items()}}
+                "first_last_bits": 8, "sources": {k: ghn_lib.io.digest(g) for k, g in ghns.items()}}
     for k, (split, i, name, build) in enumerate(_plan(dataset, n, n_ood)):
         if k % workers != worker:
             continue

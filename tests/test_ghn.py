@@ -331,6 +331,12 @@ def test_evaluation_rows_cache_and_compare(trained_ghn, tmp_path) -> None:
     assert row["converged"] > row["random"]
     again = evaluate_ghn(ghn, base, train_ds, test_ds, cfg, tmp_path / "eval", baselines=tmp_path / "base")
     assert again["splits"]["test"]["rows"][0] == row
+    torch.manual_seed(1)
+    other = GraphHyperNetwork(ghn.config)  # another GHN evaluated into the same folder: its own rows, not the cache's
+    reused = evaluate_ghn(other, base, train_ds, test_ds, cfg, tmp_path / "eval", baselines=tmp_path / "base")
+    fresh = evaluate_ghn(other, base, train_ds, test_ds, cfg, baselines=tmp_path / "base")
+    assert reused["splits"]["test"]["rows"][0]["predicted"] == fresh["splits"]["test"]["rows"][0]["predicted"]
+    assert fresh["splits"]["test"]["rows"][0]["predicted"] != row["predicted"]
     summary = result["splits"]["test"]["summary"]
     assert summary["n"] == 1 and summary["predicted"]["min"] == row["predicted"]
     with pytest.raises(BitsmithError, match="accepted: val, test, wide, deep, predefined"):

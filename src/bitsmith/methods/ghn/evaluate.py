@@ -23,6 +23,7 @@ from bitsmith import _config, _io
 from bitsmith.engine import TrainConfig, Trainer, dataset_tensors, evaluate_model, recalibrate_bn
 from bitsmith.errors import ConfigError
 from bitsmith.methods.ghn.config import GHNConfig
+from bitsmith.methods.ghn.io import digest
 from bitsmith.methods.ghn.model import GraphHyperNetwork
 from bitsmith.methods.ghn.predict import predict
 from bitsmith.methods.ghn.quantized import calibrate_target, parse_widths, predict_quantized, quantize_target
@@ -184,8 +185,9 @@ def evaluate_architecture(name: str, build: Callable[[], nn.Module], ghn: GraphH
     base_path = baselines / f"{name}.json" if baselines is not None else None
     ghn_path = out / "rows" / f"{name}.json" if out is not None else None
     settings = _settings(base, cfg)
+    ghn_settings = {**settings, "ghn": digest(ghn)}
     row = {"arch": name, **cached_row(base_path, settings, lambda: baseline_row(build, base, train_ds, test_ds, cfg)),
-           **cached_row(ghn_path, settings, lambda: ghn_row(build, ghn, base, train_ds, test_ds, cfg))}
+           **cached_row(ghn_path, ghn_settings, lambda: ghn_row(build, ghn, base, train_ds, test_ds, cfg))}
     if "converged" in row:
         row["ratio"] = row["predicted"] / max(row["converged"], 1e-12)
     return row

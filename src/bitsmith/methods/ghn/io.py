@@ -5,6 +5,7 @@ Loading reads data only (never code). Shipped hypernetworks live beside this mod
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,16 @@ def save_ghn(path: str | Path, ghn: GraphHyperNetwork, info: dict[str, Any] | No
     state = {k: v.detach().cpu().contiguous() for k, v in ghn.state_dict().items()}
     meta = {"format": FORMAT, "config": json.dumps(ghn.config.to_dict()), "info": json.dumps(info or {})}
     return _io.save_tensors(path, state, metadata=meta)
+
+
+def digest(ghn: GraphHyperNetwork) -> str:
+    """SHA-256 of a hypernetwork's config and weights: what its predictions depend on, so that cached evaluation
+    rows of one GHN are never reused for another (say, one retrained into the same folder)."""
+    h = hashlib.sha256(json.dumps(ghn.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(ghn.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _resolve(source: str | Path) -> Path:
