@@ -3,7 +3,8 @@ out-of-distribution wide/deep splits, zoo models) against random init, k SGD ste
 convergence, and time prediction (one architecture and batched).
 
     bash benchmarks/setup.sh
-    .venv-bench/bin/python -m benchmarks.ghn --part train --dataset digits --threads 1 --ship
+    .venv-bench/bin/torchrun --standalone --nproc_per_node=2 -m benchmarks.ghn --part train --dataset digits \
+        --name r2e210 --epochs 210 --threads 1 --ship    # the shipped digits GHN: 1 h on both cores
     .venv-bench/bin/python -m benchmarks.ghn --part baselines --dataset digits --n 30 --splits test
     .venv-bench/bin/python -m benchmarks.ghn --part eval --dataset digits --n 30 --ghn digits
     .venv-bench/bin/python -m benchmarks.ghn --part speed --dataset digits
