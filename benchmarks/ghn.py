@@ -53,6 +53,11 @@ class TrainingRun:
         ranked = "" if self.rank is None else f"-rank{self.rank}"
         return OUT / dataset / f"train-{self.encoder}{ranked}"
 
+    def section(self, dataset: str) -> str:
+        """The BENCHMARKS.md section of the run's training report (the default run's is ghn-train-DATASET)."""
+        return (f"ghn-train-{dataset}" + ("" if self.encoder == "gatedgnn" else f"-{self.encoder}")
+                + ("" if self.rank is None else f"-rank{self.rank}") + ("" if self.name is None else f"-{self.name}"))
+
     def flags(self) -> str:
         """The options that pick this run on the benchmark's command line (none for the default one)."""
         return ("" if self.encoder == "gatedgnn" else f" --encoder {self.encoder}") + (
@@ -138,8 +143,7 @@ def train_report(dataset: str, run: TrainingRun) -> None:
                   f"--threads {threads}`); "
                   f"table: `python -m benchmarks.ghn --part train-report --dataset {dataset}{run.flags()}`. "
                   f"{environment()}"]
-    publish(f"ghn-train-{dataset}" + ("" if run.encoder == "gatedgnn" else f"-{run.encoder}")
-            + ("" if run.rank is None else f"-rank{run.rank}") + ("" if run.name is None else f"-{run.name}"), lines)
+    publish(run.section(dataset), lines)
 
 
 def _evaluation_setup(dataset: str, splits: list[str], n: int, n_ood: int, converge_epochs: int | None) -> tuple:
