@@ -60,6 +60,25 @@ def test_progress_off_a_terminal_is_one_line_per_epoch(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_progress_off_a_terminal_reports_within_a_long_epoch():
+    log = io.StringIO()
+    with EpochProgress(stream=log, every=0.0) as bar:  # every advance is "a minute later"
+        bar.start_epoch("epoch 1/2", 3)
+        for loss in ("1.0", "0.9", "0.8"):
+            bar.advance(f"loss {loss}")
+        bar.end_epoch("loss 0.8  test acc 50.00%")
+    lines = [line.split("  ") for line in log.getvalue().splitlines()]
+    assert [line[:3] for line in lines[:3]] == [["epoch 1/2", f"step {k}/3", f"loss {loss}"]
+                                                for k, loss in ((1, "1.0"), (2, "0.9"), (3, "0.8"))]
+    assert lines[3][:3] == ["epoch 1/2", "loss 0.8", "test acc 50.00%"] and len(lines) == 4
+    quiet_minute = io.StringIO()
+    with EpochProgress(stream=quiet_minute) as bar:  # the default minute does not pass in a short epoch
+        bar.start_epoch("epoch 1/1", 2)
+        bar.advance("loss 1.0")
+        bar.advance("loss 0.9")
+    assert quiet_minute.getvalue() == ""
+
+
 def test_progress_on_a_terminal_is_a_live_bar_not_lines():
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

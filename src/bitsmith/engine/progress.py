@@ -1,6 +1,6 @@
 """Progress on stderr, over a training's epochs and over a study's runs: a live bar on a terminal, one plain line
-per finished epoch or run when stderr is piped or redirected (a log file, a batch job: long work is never silent),
-nothing when ``quiet`` is set."""
+per finished epoch or run when stderr is piped or redirected (a log file, a batch job: long work is never silent;
+a long epoch adds a line a minute), nothing when ``quiet`` is set."""
 
 from __future__ import annotations
 
@@ -25,14 +25,18 @@ def _line(stream: TextIO, *parts: str, since: float) -> None:
 
 class EpochProgress:
     """One bar per epoch with the running loss on a TTY; otherwise ``epoch 3/15  loss 0.4120  test acc 87.20%
-    12.3 s`` as each epoch ends. ``stream``: where it writes (default: stderr at construction)."""
+    12.3 s`` as each epoch ends, and within an epoch that runs longer, ``epoch 3/15  step 400/860  loss 0.4371
+    60.2 s`` once every ``every`` seconds. ``stream``: where it writes (default: stderr at construction)."""
 
-    def __init__(self, quiet: bool = False, stream: TextIO | None = None) -> None:
+    def __init__(self, quiet: bool = False, stream: TextIO | None = None, every: float = 60.0) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.enabled, self.lines = _modes(self.stream, quiet)
+        self.every = every
         self._progress: Progress | None = None
         self._task: Any = None
         self._epoch: tuple[str, float] | None = None
+        self._steps = (0, 0)  # (done, total) in the current epoch
+        self._last_line = 0.0
 
     def __enter__(self) -> EpochProgress:
         if self.enabled:
@@ -46,12 +50,17 @@ class EpochProgress:
 
     def start_epoch(self, description: str, total: int) -> None:
         self._epoch = (description, time.perf_counter())
+        self._steps, self._last_line = (0, total), self._epoch[1]
         if self._progress is not None:
             self._task = self._progress.add_task(description, total=total, info="")
 
     def advance(self, info: str = "") -> None:
+        self._steps = (self._steps[0] + 1, self._steps[1])
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, advance=1, info=info)
+        if self.lines and self._epoch is not None and time.perf_counter() - self._last_line >= self.every:
+            _line(self.stream, self._epoch[0], f"step {self._steps[0]}/{self._steps[1]}", info, since=self._epoch[1])
+            self._last_line = time.perf_counter()
 
     def end_epoch(self, info: str = "") -> None:
         if self._progress is not None and self._task is not None:
