@@ -156,6 +156,17 @@ def _evaluation_setup(dataset: str, splits: list[str], n: int, n_ood: int, conve
     return base, load_split(base, "train"), load_split(base, "test"), cfg
 
 
+def _converged_text(dataset: str, epochs: int) -> str:
+    """What the table's converged column is: the protocol's recipe, or a shorter one that flatters the ratio."""
+    if not epochs:
+        return "Converged: not trained (CPU time)."
+    protocol = SETTINGS[dataset]["epochs"]
+    if epochs >= protocol:
+        return f"Converged: reference recipe, {epochs} epochs."
+    return (f"Converged: reference recipe cut to {epochs} of its {protocol} epochs (CPU time): an under-trained "
+            f"reference, so predicted / converged is higher than against a converged one.")
+
+
 def _clip_flag(clip: float | None) -> str:
     """A gradient clip as ``--grad-clip`` takes it (0: none)."""
     return "0" if clip is None else f"{clip:g}"
@@ -188,7 +199,7 @@ def evaluate(dataset: str, splits: list[str], n: int, n_ood: int, threads: int, 
         f"[min, max]. "
         f"BN statistics recalibrated on 10 training batches of 64 for every column; `batch stats` uses test-batch "
         f"statistics (extra column, not a headline figure). "
-        + (f"Converged: reference recipe, {epochs} epochs." if epochs else "Converged: not trained (CPU time)."),
+        + _converged_text(dataset, epochs),
         "",
         "| split | n | predicted | batch stats | random init | SGD 1 | SGD 10 | SGD 100 | fine-tune 10 | "
         "fine-tune 100 | converged | predicted / converged (worst) | < 0.9x | SGD steps worth (median) |",

@@ -109,11 +109,27 @@ def test_ghn_train_under_torchrun(tmp_path):
     import subprocess
     import sys
 
+    from bitsmith.engine import build_datasets, evaluate_model, recalibrate_bn
+    from bitsmith.methods.ghn import predict_many
+    from bitsmith.methods.ghn.training import evaluation_architectures
+
     run = tmp_path / "ddp"
+    options = [o if o != "1" or TINY[i - 1] != "--eval-archs" else "3" for i, o in enumerate(TINY)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-           "bitsmith.cli.main", "ghn", "train", "--epochs", "1", *TINY, "--out", str(run)]
+           "bitsmith.cli.main", "ghn", "train", "--epochs", "1", *options, "--out", str(run)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("GHN (") == 1  # only rank 0 reports
-    info = load_ghn(run).info
-    assert info["epochs_trained"] == 1 and info["ranks"] == 2
+    ghn = load_ghn(run)
+    assert ghn.info["epochs_trained"] == 1 and ghn.info["ranks"] == 2
+    # the two ranks scored 2 + 1 of the 3 validation architectures; together they equal one process scoring all
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    train_ds, evals = build_datasets(runs.train_config(run))
+    archs = evaluation_architectures(ghn.config, 3)
+    predict_many([a.model for a in archs], ghn, [a.encoding for a in archs])
+    scores = []
+    for arch in archs:
+        recalibrate_bn(arch.model, train_ds, 10)
+        scores.append(evaluate_model(arch.model, evals["val"], 512, torch.device("cpu"))["acc"])
+    assert logged["val_acc"] == pytest.approx(sum(scores) / 3, abs=2e-3)
+    assert logged["val_acc_worst"] == pytest.approx(min(scores), abs=2e-3)

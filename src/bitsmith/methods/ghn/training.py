@@ -126,7 +126,8 @@ class GHNCallback(Callback):
     parameters, recalibrates their BN statistics on training batches, logs the mean and worst accuracy on each
     evaluation split (``val_acc``, ``val_acc_worst``; GHN-Q training adds each trained width, e.g.
     ``val_acc_w4a4``, quantized and calibrated as :func:`predict_quantized` does) and writes ``ghn.safetensors``
-    (with ``info``, the epochs and steps so far and the number of ranks) into the run."""
+    (with ``info``, the epochs and steps so far and the number of ranks) into the run. Under torchrun each rank
+    scores its share of the architectures."""
 
     def __init__(self, task: GHNTask, train_cfg: GHNTrainConfig, info: dict[str, Any],
                  eval_data: dict[str, Any]) -> None:
@@ -140,7 +141,9 @@ class GHNCallback(Callback):
     def after_epoch(self, trainer: Any, epoch: int, metrics: dict[str, Any]) -> None:
         if not self._due(trainer, epoch):
             return
-        archs, cfg = self.task.eval_archs, self.train_cfg
+        cfg, world = self.train_cfg, dist.world_size()
+        mine = [i for i in range(len(self.task.eval_archs)) if i % world == dist.rank()]  # ranks share the work
+        archs = [self.task.eval_archs[i] for i in mine]
         quantized = [w for w in cfg.eval_widths() if w != "FP"]
         predict_many([a.model for a in archs], self.task.ghn,
                      [conditioned(a.encoding, self.task.ghn, a.model) for a in archs])
@@ -155,8 +158,10 @@ class GHNCallback(Callback):
                 for a in archs]
         for split, data in self.eval_data.items():
             for suffix, models in scored.items():
-                scores = [evaluate_model(m, data, trainer.config.eval_batch_size, trainer.device)["acc"]
-                          for m in models]
+                scores = [0.0] * len(self.task.eval_archs)
+                for i, m in zip(mine, models, strict=True):
+                    scores[i] = evaluate_model(m, data, trainer.config.eval_batch_size, trainer.device)["acc"]
+                scores = dist.all_reduce_sum(scores, trainer.device)
                 metrics[f"{split}_acc{suffix}"] = sum(scores) / len(scores)
                 metrics[f"{split}_acc{suffix}_worst"] = min(scores)
         if trainer.out_dir is not None and dist.is_main():
