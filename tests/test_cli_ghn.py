@@ -133,3 +133,12 @@ def test_ghn_train_under_torchrun(tmp_path):
         scores.append(evaluate_model(arch.model, evals["val"], 512, torch.device("cpu"))["acc"])
     assert logged["val_acc"] == pytest.approx(sum(scores) / 3, abs=2e-3)
     assert logged["val_acc_worst"] == pytest.approx(min(scores), abs=2e-3)
+
+
+def test_ghn_option_help_names_every_shipped_hypernetwork(cli):
+    from bitsmith.methods.ghn.io import shipped
+
+    for command in (("predict",), ("ghn", "eval")):
+        code, out, _ = cli(*command, "--help")
+        assert code == 0
+        assert all(name in " ".join(out.split()) for name in shipped()), (command, shipped())

@@ -26,8 +26,8 @@ from bitsmith.errors import BitsmithError
 ghn_app = typer.Typer(help="Graph hypernetworks: train one, evaluate it on held-out architectures.",
                       no_args_is_help=True, add_completion=False, rich_markup_mode=None)
 
-_GHN = typer.Option("digits", "--ghn", help="GHN file, `ghn train` run folder, or shipped name (digits; digits-q: "
-                    "bit-conditioned)")
+_GHN = typer.Option("digits", "--ghn", help="GHN file, `ghn train` run folder, or shipped name (digits, "
+                    "fashion-mnist; digits-q: bit-conditioned)")
 
 
 def _data_for(ghn: Any, dataset: str | None, data_root: Path | None) -> tuple[Any, Any, Any]:
