@@ -53,7 +53,8 @@ def test_training_learns_and_writes_a_run_directory(tmp_path):
 
 def test_progress_off_a_terminal_is_one_line_per_epoch(capsys):
     train(_cfg(epochs=2), quiet=False)  # capsys's stderr is not a terminal, like a log file or a batch job's
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+    lines = [line for line in capsys.readouterr().err.splitlines()
+             if line.startswith("epoch ") and "  step " not in line]  # a slow machine may add in-epoch lines
     assert [line.split("  ")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"], lines
     assert all("  loss " in line and "  test acc " in line and line.endswith(" s") for line in lines), lines
     train(_cfg(epochs=1), quiet=True)
