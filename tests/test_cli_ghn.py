@@ -114,9 +114,8 @@ def test_ghn_train_under_torchrun(tmp_path):
     from bitsmith.methods.ghn.training import evaluation_architectures
 
     run = tmp_path / "ddp"
-    options = [o if o != "1" or TINY[i - 1] != "--eval-archs" else "3" for i, o in enumerate(TINY)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-           "bitsmith.cli.main", "ghn", "train", "--epochs", "1", *options, "--out", str(run)]
+           "bitsmith.cli.main", "ghn", "train", "--epochs", "1", *TINY, "--eval-archs", "3", "--out", str(run)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("GHN (") == 1  # only rank 0 reports

@@ -35,7 +35,7 @@ class EpochProgress:
         self._progress: Progress | None = None
         self._task: Any = None
         self._epoch: tuple[str, float] | None = None
-        self._steps = (0, 0)  # (done, total) in the current epoch
+        self._done = self._total = 0  # steps of the current epoch
         self._last_line = 0.0
 
     def __enter__(self) -> EpochProgress:
@@ -50,16 +50,16 @@ class EpochProgress:
 
     def start_epoch(self, description: str, total: int) -> None:
         self._epoch = (description, time.perf_counter())
-        self._steps, self._last_line = (0, total), self._epoch[1]
+        self._done, self._total, self._last_line = 0, total, self._epoch[1]
         if self._progress is not None:
             self._task = self._progress.add_task(description, total=total, info="")
 
     def advance(self, info: str = "") -> None:
-        self._steps = (self._steps[0] + 1, self._steps[1])
+        self._done += 1
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, advance=1, info=info)
         if self.lines and self._epoch is not None and time.perf_counter() - self._last_line >= self.every:
-            _line(self.stream, self._epoch[0], f"step {self._steps[0]}/{self._steps[1]}", info, since=self._epoch[1])
+            _line(self.stream, self._epoch[0], f"step {self._done}/{self._total}", info, since=self._epoch[1])
             self._last_line = time.perf_counter()
 
     def end_epoch(self, info: str = "") -> None:
